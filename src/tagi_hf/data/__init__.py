@@ -1,0 +1,43 @@
+"""Data for TAGI: the Super-NaturalInstructions loader, the synthetic suite, prompt formats, tokenizer, collator."""
+
+from .collator import TagiDataCollator
+from .prompts import format_instruction, format_student_input, format_teacher_input, parse_setting
+from .sni import SNI_FEATURES, load_sni
+from .synthetic import (
+    HELD_OUT_CHAINS,
+    HELD_OUT_WORDS,
+    OPERATIONS,
+    WORDS,
+    SyntheticOp,
+    SyntheticTask,
+    apply_chain,
+    build_synthetic_tasks,
+    chain_output,
+    synthetic_corpus,
+    validate_chain,
+    write_synthetic_suite,
+)
+from .tokenizer import train_tokenizer
+
+__all__ = [
+    "HELD_OUT_CHAINS",
+    "HELD_OUT_WORDS",
+    "OPERATIONS",
+    "SNI_FEATURES",
+    "WORDS",
+    "SyntheticOp",
+    "SyntheticTask",
+    "TagiDataCollator",
+    "apply_chain",
+    "build_synthetic_tasks",
+    "chain_output",
+    "format_instruction",
+    "format_student_input",
+    "format_teacher_input",
+    "load_sni",
+    "parse_setting",
+    "synthetic_corpus",
+    "train_tokenizer",
+    "validate_chain",
+    "write_synthetic_suite",
+]

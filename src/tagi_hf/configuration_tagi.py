@@ -1,0 +1,128 @@
+"""Configuration of a TAGI model: a frozen T5 backbone (`text_config`) plus the adapter generator and fusion."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig, T5Config
+
+FUSION_MODES = ("cross_attention", "none")
+ATTENTION_KINDS = ("encoder_self", "decoder_self", "decoder_cross")
+PROJECTIONS = ("q", "k", "v", "o")
+
+
+class TagiConfig(PretrainedConfig):
+    r"""
+    Configuration for [`TagiModel`]: a T5 backbone, the hypernetwork that turns an instruction into LoRA factors,
+    and the instruction fusion of the paper (hierarchical cross-attention).
+
+    Args:
+        text_config (`T5Config` or `dict`, *optional*):
+            The backbone's configuration. Defaults to `T5Config()`. `decoder_start_token_id` is set to the pad id
+            when missing (T5's convention; `generate` needs it).
+        lora_rank (`int`, defaults to 8):
+            Rank `r` of every generated LoRA update (paper: 32).
+        lora_alpha (`float`, defaults to 16):
+            LoRA scaling numerator; the update is `(lora_alpha / r) * B @ A`, as in PEFT.
+        lora_target_modules (`list[str]`, defaults to `["q", "v"]`):
+            Attention projections that receive a generated adapter (any of `q`, `k`, `v`, `o`). The paper uses q and v.
+        lora_attention_kinds (`list[str]`, defaults to all three):
+            Attention modules that receive adapters: `encoder_self`, `decoder_self`, `decoder_cross`.
+        fusion (`str`, defaults to `"cross_attention"`):
+            `"cross_attention"` adds the paper's instruction fusion (Eq. 1): a zero-gated cross-attention to the
+            instruction after every encoder layer and a gated decoder attention over `(I ; F_L)`. `"none"` gives
+            plain LoRA adapters that export exactly to PEFT.
+        hypernet_hidden_size (`int`, defaults to 128):
+            Width of the generator's trunk.
+        hypernet_embedding_size (`int`, defaults to 64):
+            Size of the learned (layer, attention kind, projection) embedding that tells the shared trunk which
+            module it is generating for.
+        hypernet_dropout (`float`, defaults to 0.0):
+            Dropout inside the generator trunk.
+        max_instruction_length (`int`, defaults to 1024):
+            Instructions longer than this many tokens are truncated (with one warning).
+        fusion_num_heads (`int`, *optional*):
+            Heads of the encoder fusion cross-attention. Defaults to the backbone's `num_heads`.
+        base_model_name_or_path (`str`, *optional*):
+            Name or path of the backbone checkpoint; written into exported PEFT adapters.
+
+    Example:
+
+    ```python
+    >>> from transformers import T5Config
+    >>> from tagi_hf import TagiConfig
+    >>> config = TagiConfig(text_config=T5Config(d_model=64, num_layers=2, num_heads=4, d_kv=16), lora_rank=4)
+    >>> config.lora_scaling
+    4.0
+    ```
+    """
+
+    model_type = "tagi"
+    sub_configs_defaults = {"text_config": T5Config}
+
+    text_config: dict | PretrainedConfig | None = None
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_target_modules: list[str] | tuple[str, ...] = ("q", "v")
+    lora_attention_kinds: list[str] | tuple[str, ...] = ATTENTION_KINDS
+    fusion: str = "cross_attention"
+    hypernet_hidden_size: int = 128
+    hypernet_embedding_size: int = 64
+    hypernet_dropout: float = 0.0
+    max_instruction_length: int = 1024
+    fusion_num_heads: int | None = None
+    base_model_name_or_path: str | None = None
+    is_encoder_decoder: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.lora_target_modules = list(self.lora_target_modules)
+        self.lora_attention_kinds = list(self.lora_attention_kinds)
+        text = self.text_config
+        if getattr(text, "decoder_start_token_id", None) is None:
+            text.decoder_start_token_id = text.pad_token_id if text.pad_token_id is not None else 0
+        if self.fusion_num_heads is None:
+            self.fusion_num_heads = text.num_heads
+        self._validate()
+
+    def _validate(self) -> None:
+        if not isinstance(self.lora_rank, int) or self.lora_rank <= 0:
+            raise ValueError(f"`lora_rank` must be a positive integer, got {self.lora_rank!r}.")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"`lora_alpha` must be positive, got {self.lora_alpha!r}.")
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"`fusion` must be one of {FUSION_MODES}, got {self.fusion!r}.")
+        _check_subset("lora_target_modules", self.lora_target_modules, PROJECTIONS)
+        _check_subset("lora_attention_kinds", self.lora_attention_kinds, ATTENTION_KINDS)
+        if self.max_instruction_length <= 0:
+            raise ValueError(f"`max_instruction_length` must be positive, got {self.max_instruction_length!r}.")
+        if self.text_config.d_model % self.fusion_num_heads != 0:
+            raise ValueError(
+                f"`fusion_num_heads` ({self.fusion_num_heads}) must divide d_model ({self.text_config.d_model})."
+            )
+
+    @property
+    def lora_scaling(self) -> float:
+        """PEFT's LoRA scaling `lora_alpha / r`."""
+        return self.lora_alpha / self.lora_rank
+
+    # Generation reads these from the top-level config of an encoder-decoder model.
+    @property
+    def decoder_start_token_id(self) -> int:
+        return self.text_config.decoder_start_token_id
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.text_config.pad_token_id
+
+    @property
+    def eos_token_id(self) -> int | list[int] | None:
+        return self.text_config.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size
+
+
+def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ValueError(f"`{name}` must be a non-empty subset of {allowed}, got {values!r}.")

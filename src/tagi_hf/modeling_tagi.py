@@ -1,0 +1,412 @@
+"""TagiModel: a frozen T5 whose LoRA adapters (and instruction fusion) are generated from the task's instruction.
+
+Forward pass, top to bottom (paper, Sec. 3):
+1. the backbone's own encoder reads the instruction (no adapter) -> states `I` and a masked-mean pooled vector;
+2. the generator maps the pooled vector to LoRA factors for q/v of every attention module;
+3. per-task state is computed once: the fusion's instruction keys/values (encoder) and the decoder
+   cross-attention's instruction keys/values (through its adapted k/v);
+4. the backbone runs on the instance input alone, with the adapters and fusion installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel, T5ForConditionalGeneration
+from transformers import initialization as init
+from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.utils import logging
+
+from .adapter import GeneratedAdapter
+from .configuration_tagi import TagiConfig
+from .fusion import FusionLayer, InstructionCrossAttention, InstructionKV, instruction_kv
+from .hypernetwork import AdapterGenerator
+from .lora import install_lora_layers, lora_targets
+
+logger = logging.get_logger(__name__)
+
+LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TaskState:
+    """Everything derived from a batch's instructions, computed once per task and reused by every instance.
+
+    Tensors have a leading task dimension: 1 (shared by the whole batch) or one row per example.
+    """
+
+    lora: LoraFactors
+    encoder_fusion: list[InstructionKV] | None = None
+    decoder_fusion: list[InstructionKV] | None = None
+
+    def select(self, index: torch.Tensor) -> TaskState:
+        """Rows of the state for each example (`index[i]` = task of example i)."""
+        pick = lambda seq: tuple(t.index_select(0, index) for t in seq)  # noqa: E731
+        return TaskState(
+            lora={name: pick(ab) for name, ab in self.lora.items()},
+            encoder_fusion=None if self.encoder_fusion is None else [pick(kv) for kv in self.encoder_fusion],
+            decoder_fusion=None if self.decoder_fusion is None else [pick(kv) for kv in self.decoder_fusion],
+        )
+
+
+class DecoderFusionGates(nn.Module):
+    """One scalar gate per decoder layer on the instruction part of the decoder's attention (zero at init)."""
+
+    _tagi_init = ("zeros", None)
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_layers))
+
+
+def _encoder_fusion_hook(block: nn.Module, args, output):
+    """Forward hook on an encoder T5Block: applies the block's fusion layer when instruction state is set."""
+    fusion = getattr(block, "tagi_fusion", None)
+    if fusion is None:
+        return output
+    layer, instruction = fusion
+    return (layer(output[0], instruction), *output[1:])
+
+
+class TagiPreTrainedModel(PreTrainedModel):
+    config_class = TagiConfig
+    config: TagiConfig
+    base_model_prefix = "tagi"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["T5Block"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        spec = getattr(module, "_tagi_init", None)
+        if spec is None:
+            return super()._init_weights(module)
+        kind, std = spec
+        weight = getattr(module, "weight", None)
+        if kind == "zeros":
+            init.zeros_(weight)
+        elif kind == "normal":
+            init.normal_(weight, mean=0.0, std=std)
+        elif kind == "gate":
+            init.zeros_(module.gate)
+        if getattr(module, "bias", None) is not None:
+            init.zeros_(module.bias)
+
+
+class TagiModel(TagiPreTrainedModel, GenerationMixin):
+    r"""
+    TAGI: a hypernetwork reads a task's instruction and generates a LoRA adapter (plus instruction fusion) for a
+    frozen T5, so an unseen task needs no training data and no per-task training.
+
+    Example:
+
+    ```python
+    >>> from transformers import T5Config
+    >>> from tagi_hf import TagiConfig, TagiModel
+    >>> text = T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
+    >>> model = TagiModel(TagiConfig(text_config=text, lora_rank=4))
+    >>> model.num_trainable_parameters() < model.num_parameters()
+    True
+    ```
+    """
+
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer must scale it for accumulation
+
+    def __init__(self, config: TagiConfig, backbone: T5ForConditionalGeneration | None = None):
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else T5ForConditionalGeneration(config.text_config)
+        targets = lora_targets(config)
+        install_lora_layers(self.backbone, targets, config.lora_scaling)
+        self._lora_modules = {t.name: self.backbone.get_submodule(t.name) for t in targets}
+        self.generator = AdapterGenerator(config, targets)
+        self.encoder_fusion = self.decoder_gates = None
+        if config.fusion == "cross_attention":
+            self._build_fusion()
+        self.generation_config = self.backbone.generation_config
+        self.post_init()
+        self.backbone.requires_grad_(False)  # frozen by default; see `set_trainable`
+
+    def _build_fusion(self) -> None:
+        text = self.config.text_config
+        self.encoder_fusion = nn.ModuleList(
+            FusionLayer(text.d_model, self.config.fusion_num_heads, text.layer_norm_epsilon)
+            for _ in range(text.num_layers)
+        )
+        for layer in self.encoder_fusion:
+            layer._tagi_init = ("gate", None)
+            for proj in (layer.q, layer.k, layer.v, layer.o):
+                proj._tagi_init = ("normal", text.d_model**-0.5)
+        self.decoder_gates = DecoderFusionGates(text.num_decoder_layers)
+        for block in self.backbone.encoder.block:
+            block.tagi_fusion = None
+            block.register_forward_hook(_encoder_fusion_hook)
+        for block in self.backbone.decoder.block:
+            block.layer[1].EncDecAttention.__class__ = InstructionCrossAttention
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str, *, backbone_kwargs: dict | None = None, **config_kwargs) -> TagiModel:
+        """Builds a TAGI model (fresh generator and fusion) around a pretrained T5 checkpoint (dir or Hub id).
+
+        Example: `TagiModel.from_backbone("google/t5-base-lm-adapt", lora_rank=32)`.
+        """
+        backbone = T5ForConditionalGeneration.from_pretrained(name_or_path, **(backbone_kwargs or {}))
+        config_kwargs.setdefault("base_model_name_or_path", str(name_or_path))
+        config = TagiConfig(text_config=backbone.config, **config_kwargs)
+        return cls(config, backbone=backbone)
+
+    # ----------------------------------------------------------------------------------------------- parameters
+    def set_trainable(self, *, generator: bool = True, fusion: bool = True, backbone: bool = False) -> None:
+        """Chooses explicitly which parts train. The paper trains the generator and the fusion only."""
+        self.generator.requires_grad_(generator)
+        for part in (self.encoder_fusion, self.decoder_gates):
+            if part is not None:
+                part.requires_grad_(fusion)
+        self.backbone.requires_grad_(backbone)
+
+    def trainable_parameters_report(self) -> dict[str, int]:
+        """Number of trainable parameters per part (`generator`, `fusion`, `backbone`) and in total."""
+        parts = {"generator": [self.generator], "fusion": [self.encoder_fusion, self.decoder_gates]}
+        parts["backbone"] = [self.backbone]
+        report = {
+            name: sum(p.numel() for m in mods if m is not None for p in m.parameters() if p.requires_grad)
+            for name, mods in parts.items()
+        }
+        report["total"] = sum(report.values())
+        return report
+
+    def num_trainable_parameters(self) -> int:
+        return self.trainable_parameters_report()["total"]
+
+    # ---------------------------------------------------------------------------------------- instruction side
+    def encode_instructions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Runs the backbone's encoder (no adapter) on instructions.
+
+        Returns states `(tasks, len, d_model)`, masked-mean pooled vectors `(tasks, d_model)` and the mask.
+        """
+        input_ids, attention_mask = self._truncate_instructions(input_ids, attention_mask)
+        self._install_task_state(None)
+        states = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask[..., None].to(states.dtype)  # (tasks, len, 1): padding does not count
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (tasks, d_model)
+        return states, pooled, attention_mask
+
+    def _truncate_instructions(self, input_ids, attention_mask):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        limit = self.config.max_instruction_length
+        if input_ids.shape[1] > limit:
+            logger.warning_once(f"Instructions longer than `max_instruction_length`={limit} tokens are truncated.")
+            input_ids, attention_mask = input_ids[:, :limit], attention_mask[:, :limit]
+        return input_ids, attention_mask
+
+    def task_state_from_instructions(
+        self, instruction_input_ids: torch.Tensor, instruction_attention_mask: torch.Tensor | None = None
+    ) -> TaskState:
+        """Generates the adapters of a batch of instructions (one row per example; repeated rows computed once)."""
+        if instruction_attention_mask is None:
+            instruction_attention_mask = torch.ones_like(instruction_input_ids)
+        rows = torch.cat([instruction_input_ids, instruction_attention_mask.to(instruction_input_ids.dtype)], 1)
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        width = instruction_input_ids.shape[1]
+        states, pooled, mask = self.encode_instructions(unique[:, :width], unique[:, width:])
+        state = self._build_task_state(self.generator(pooled), states, mask)
+        return state if unique.shape[0] == 1 else state.select(inverse)
+
+    def task_state_from_adapters(self, adapters: Sequence[GeneratedAdapter]) -> TaskState:
+        """Stacks saved/generated adapters (one per example, or one for the whole batch) into a task state."""
+        names = list(self._lora_modules)
+        for adapter in adapters:
+            adapter.check_compatible(self.backbone)
+            if sorted(adapter.lora_factors) != sorted(names):
+                missing = sorted(set(names) ^ set(adapter.lora_factors))
+                raise ValueError(f"Adapter modules do not match this model's targets; differing: {missing[:4]}.")
+        device = self.device
+        factors = {n: tuple(torch.stack([a.lora_factors[n][i] for a in adapters]).to(device) for i in (0, 1)) for n in names}
+        if self.encoder_fusion is None:
+            return TaskState(lora=factors)
+        states, mask = _pad_instruction_states(adapters, device)
+        return self._build_task_state(factors, states, mask)
+
+    def _build_task_state(self, factors: LoraFactors, states: torch.Tensor, mask: torch.Tensor) -> TaskState:
+        if self.encoder_fusion is None:
+            return TaskState(lora=factors)
+        encoder_fusion = [layer.project_instruction(states, mask) for layer in self.encoder_fusion]
+        self._install_task_state(TaskState(lora=factors))  # the decoder's k/v of `I` use the generated adapter
+        decoder_fusion = [
+            instruction_kv(block.layer[1].EncDecAttention, states, mask) for block in self.backbone.decoder.block
+        ]
+        self._install_task_state(None)
+        return TaskState(lora=factors, encoder_fusion=encoder_fusion, decoder_fusion=decoder_fusion)
+
+    def _install_task_state(self, state: TaskState | None) -> None:
+        for name, module in self._lora_modules.items():
+            module.lora_factors = None if state is None else state.lora.get(name)
+        if self.encoder_fusion is None:
+            return
+        for layer, block in enumerate(self.backbone.encoder.block):
+            fused = state is not None and state.encoder_fusion is not None
+            block.tagi_fusion = (self.encoder_fusion[layer], state.encoder_fusion[layer]) if fused else None
+        for layer, block in enumerate(self.backbone.decoder.block):
+            attention = block.layer[1].EncDecAttention
+            fused = state is not None and state.decoder_fusion is not None
+            attention.tagi_instruction = state.decoder_fusion[layer] if fused else None
+            attention.tagi_gate = self.decoder_gates.weight[layer] if fused else None
+
+    def prepare_task_state(
+        self,
+        *,
+        adapter: GeneratedAdapter | Sequence[GeneratedAdapter] | None = None,
+        instruction_input_ids: torch.Tensor | None = None,
+        instruction_attention_mask: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> TaskState:
+        """The task state from either adapters or instruction ids (exactly one of them)."""
+        if (adapter is None) == (instruction_input_ids is None):
+            raise ValueError("Pass exactly one of `adapter` or `instruction_input_ids` to a TagiModel.")
+        if adapter is None:
+            return self.task_state_from_instructions(instruction_input_ids, instruction_attention_mask)
+        adapters = [adapter] if isinstance(adapter, GeneratedAdapter) else list(adapter)
+        if batch_size is not None and len(adapters) not in (1, batch_size):
+            raise ValueError(f"`adapter` holds {len(adapters)} adapters for a batch of {batch_size} examples.")
+        return self.task_state_from_adapters(adapters)
+
+    # ------------------------------------------------------------------------------------------- forward pass
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        adapter: GeneratedAdapter | Sequence[GeneratedAdapter] | None = None,
+        instruction_input_ids: torch.LongTensor | None = None,
+        instruction_attention_mask: torch.Tensor | None = None,
+        task_state: TaskState | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        r"""
+        Runs the backbone on the instance input with the task's generated adapter and fusion.
+
+        Args:
+            input_ids / attention_mask (`(batch, src_len)`): the instance input alone (no instruction text).
+            labels (`(batch, tgt_len)`, *optional*): targets, -100 ignored; gives `loss`.
+            adapter (`GeneratedAdapter` or list of them): one for the batch, or one per example.
+            instruction_input_ids / instruction_attention_mask (`(batch, ins_len)`): the instruction of each example;
+                the adapters are generated on the fly (gradients reach the generator).
+            task_state (`TaskState`, *optional*): precomputed with [`~TagiModel.prepare_task_state`].
+        """
+        if task_state is None:
+            batch = input_ids.shape[0] if input_ids is not None else None
+            task_state = self.prepare_task_state(
+                adapter=adapter,
+                instruction_input_ids=instruction_input_ids,
+                instruction_attention_mask=instruction_attention_mask,
+                batch_size=batch,
+            )
+        self._install_task_state(task_state)
+        try:
+            return self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                labels=labels,
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
+                **kwargs,
+            )
+        finally:
+            # Activation checkpointing re-runs blocks during backward: keep the state until the next forward then.
+            if not (self.is_activation_checkpointing and torch.is_grad_enabled()):
+                self._install_task_state(None)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        adapter: GeneratedAdapter | Sequence[GeneratedAdapter] | None = None,
+        instruction_input_ids: torch.LongTensor | None = None,
+        instruction_attention_mask: torch.Tensor | None = None,
+        task_state: TaskState | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generates with the task's adapter and fusion installed for every step (greedy, beams, sampling).
+
+        Per-example state is expanded to beams / `num_return_sequences` inside the layers.
+        """
+        generate_kwargs.pop("labels", None)  # Seq2SeqTrainer passes the batch's labels along
+        if task_state is None:
+            task_state = self.prepare_task_state(
+                adapter=adapter,
+                instruction_input_ids=instruction_input_ids,
+                instruction_attention_mask=instruction_attention_mask,
+                batch_size=input_ids.shape[0] if input_ids is not None else None,
+            )
+        self._install_task_state(task_state)
+        try:
+            return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        finally:
+            self._install_task_state(None)
+
+    # -------------------------------------------------------------------------------------------- adapters out
+    @torch.no_grad()
+    def generate_adapter(
+        self, instructions: str | Sequence[str], tokenizer, *, batch_size: int = 64
+    ) -> GeneratedAdapter | list[GeneratedAdapter]:
+        """Turns instruction text into [`GeneratedAdapter`]s (one generator forward per batch of instructions)."""
+        from .instructions import check_tokenizer, tokenize_instructions
+
+        single = isinstance(instructions, str)
+        texts = [instructions] if single else list(instructions)
+        check_tokenizer(tokenizer, self.config.text_config.vocab_size)
+        adapters = []
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            ids, mask = tokenize_instructions(tokenizer, chunk, self.config.max_instruction_length, self.device)
+            adapters.extend(self._adapters_from_ids(chunk, ids, mask))
+        return adapters[0] if single else adapters
+
+    def _adapters_from_ids(self, texts: list[str], ids: torch.Tensor, mask: torch.Tensor) -> list[GeneratedAdapter]:
+        states, pooled, mask = self.encode_instructions(ids, mask)
+        factors = self.generator(pooled)
+        lengths = mask.sum(1).tolist()
+        provenance = self._adapter_provenance()
+        return [
+            GeneratedAdapter(
+                lora_factors={n: (a[i].cpu(), b[i].cpu()) for n, (a, b) in factors.items()},
+                instruction=text,
+                instruction_states=None if self.encoder_fusion is None else states[i, : lengths[i]].cpu(),
+                **provenance,
+            )
+            for i, text in enumerate(texts)
+        ]
+
+    def _adapter_provenance(self) -> dict:
+        generator_config = self.config.to_diff_dict()
+        generator_config.pop("text_config", None)
+        return {
+            "lora_alpha": self.config.lora_alpha,
+            "base_model_name_or_path": self.config.base_model_name_or_path,
+            "generator_config": generator_config,
+            "generator_name_or_path": self.config.name_or_path or None,
+        }
+
+
+def _pad_instruction_states(adapters: Sequence[GeneratedAdapter], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pads per-adapter instruction states `(len_i, d)` to `(n, max_len, d)` with a mask `(n, max_len)`."""
+    if any(a.instruction_states is None for a in adapters):
+        raise ValueError("This TagiModel uses fusion, but an `adapter` has no instruction states (a plain LoRA).")
+    longest = max(a.instruction_states.shape[0] for a in adapters)
+    d_model = adapters[0].instruction_states.shape[1]
+    states = torch.zeros(len(adapters), longest, d_model, device=device)
+    mask = torch.zeros(len(adapters), longest, dtype=torch.long, device=device)
+    for i, adapter in enumerate(adapters):
+        length = adapter.instruction_states.shape[0]
+        states[i, :length] = adapter.instruction_states.to(device)
+        mask[i, :length] = 1
+    return states, mask
+
