@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .configuration_tagi import TagiConfig
@@ -80,8 +81,10 @@ class GeneratedLoraLinear(nn.Linear):
         if self.lora_factors is None:
             return out
         lora_a, lora_b = (match_batch(t, x.shape[0]).to(x.dtype) for t in self.lora_factors)
+        if lora_a.shape[0] == 1:  # one adapter for the whole batch: PEFT's exact computation
+            return out + F.linear(F.linear(x, lora_a[0]), lora_b[0]) * self.lora_scaling
         low = torch.matmul(x, lora_a.transpose(1, 2))  # (batch, seq, r)
-        return out + self.lora_scaling * torch.matmul(low, lora_b.transpose(1, 2))  # (batch, seq, out)
+        return out + torch.matmul(low, lora_b.transpose(1, 2)) * self.lora_scaling  # (batch, seq, out)
 
 
 def install_lora_layers(backbone: nn.Module, targets: list[LoraTarget], scaling: float) -> None:

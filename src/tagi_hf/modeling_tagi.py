@@ -10,6 +10,7 @@ Forward pass, top to bottom (paper, Sec. 3):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,6 +148,13 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             block.layer[1].EncDecAttention.__class__ = InstructionCrossAttention
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> TagiModel:
+        """Loads a saved TagiModel; the backbone comes back frozen (loading would otherwise make it trainable)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.set_trainable()
+        return model
+
+    @classmethod
     def from_backbone(cls, name_or_path: str, *, backbone_kwargs: dict | None = None, **config_kwargs) -> TagiModel:
         """Builds a TAGI model (fresh generator and fusion) around a pretrained T5 checkpoint (dir or Hub id).
 
@@ -190,7 +198,12 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         """
         input_ids, attention_mask = self._truncate_instructions(input_ids, attention_mask)
         self._install_task_state(None)
-        states = self.backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        encoder = self.backbone.encoder
+        trainable = any(p.requires_grad for p in encoder.parameters())
+        # Activation checkpointing would re-run these blocks during backward with the task state installed; a
+        # frozen encoder needs no graph here at all, a trainable one is run without checkpointing.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable), _checkpointing_disabled(encoder):
+            states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weights = attention_mask[..., None].to(states.dtype)  # (tasks, len, 1): padding does not count
         pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (tasks, d_model)
         return states, pooled, attention_mask
@@ -226,7 +239,9 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
                 missing = sorted(set(names) ^ set(adapter.lora_factors))
                 raise ValueError(f"Adapter modules do not match this model's targets; differing: {missing[:4]}.")
         device = self.device
-        factors = {n: tuple(torch.stack([a.lora_factors[n][i] for a in adapters]).to(device) for i in (0, 1)) for n in names}
+        factors = {
+            n: tuple(torch.stack([a.lora_factors[n][i] for a in adapters]).to(device) for i in (0, 1)) for n in names
+        }
         if self.encoder_fusion is None:
             return TaskState(lora=factors)
         states, mask = _pad_instruction_states(adapters, device)
@@ -396,17 +411,28 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         }
 
 
+@contextlib.contextmanager
+def _checkpointing_disabled(stack: nn.Module):
+    blocks = [m for m in stack.modules() if getattr(m, "gradient_checkpointing", False)]
+    for block in blocks:
+        block.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.gradient_checkpointing = True
+
+
 def _pad_instruction_states(adapters: Sequence[GeneratedAdapter], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Pads per-adapter instruction states `(len_i, d)` to `(n, max_len, d)` with a mask `(n, max_len)`."""
     if any(a.instruction_states is None for a in adapters):
         raise ValueError("This TagiModel uses fusion, but an `adapter` has no instruction states (a plain LoRA).")
     longest = max(a.instruction_states.shape[0] for a in adapters)
     d_model = adapters[0].instruction_states.shape[1]
-    states = torch.zeros(len(adapters), longest, d_model, device=device)
+    states = adapters[0].instruction_states.new_zeros(len(adapters), longest, d_model).to(device)
     mask = torch.zeros(len(adapters), longest, dtype=torch.long, device=device)
     for i, adapter in enumerate(adapters):
         length = adapter.instruction_states.shape[0]
         states[i, :length] = adapter.instruction_states.to(device)
         mask[i, :length] = 1
     return states, mask
-

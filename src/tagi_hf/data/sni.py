@@ -185,6 +185,7 @@ def load_sni(
         train = split == "train"
         limit = max_train_instances_per_task if train else max_test_instances_per_task
         rows = list(_split_rows(data_dir, split_file, shuffle=train, limit=limit, seed=seed))
-        result[split] = Dataset.from_list(rows, features=SNI_FEATURES)
+        columns = {name: [row[name] for row in rows] for name in SNI_FEATURES}  # from_list fails on no rows
+        result[split] = Dataset.from_dict(columns, features=SNI_FEATURES)
         logger.info(f"Loaded {len(rows)} {split} instances from {split_file}.")
     return result

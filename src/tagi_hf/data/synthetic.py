@@ -127,8 +127,7 @@ class SyntheticOp:
         return "_".join([self.name, *map(str, self.params)])
 
 
-OpLike = SyntheticOp | tuple | str
-"""An op: a `SyntheticOp`, a tuple `(name, *params)` such as `("first", 2)`, or a parameter-free op's name."""
+OpLike = SyntheticOp | tuple | str  # an op, a tuple `(name, *params)` such as `("first", 2)`, or a bare op name
 
 
 def _as_op(op: OpLike) -> SyntheticOp:
@@ -291,7 +290,9 @@ def _draw_input(rng: random.Random, min_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, 7)))
 
 
-def _draw_examples(task: SyntheticTask, rng: random.Random, count: int, informative: bool, seen: set) -> list:
+def _draw_examples(
+    task: SyntheticTask, rng: random.Random, count: int, informative: bool, seen: set[str]
+) -> list[tuple[str, str]]:
     """`count` new (input, output) pairs; `informative` prefers outputs that differ from their input."""
     pairs = []
     while len(pairs) < count:

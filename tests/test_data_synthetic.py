@@ -1,0 +1,261 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from tagi_hf.data import (
+    HELD_OUT_CHAINS,
+    HELD_OUT_WORDS,
+    OPERATIONS,
+    WORDS,
+    SyntheticOp,
+    SyntheticTask,
+    apply_chain,
+    build_synthetic_tasks,
+    chain_output,
+    load_sni,
+    synthetic_corpus,
+    validate_chain,
+    write_synthetic_suite,
+)
+
+PREFIX = "In this task you are given a list of words separated by spaces. "
+WORD_OPS = {"remove", "replace", "append", "prepend"}
+L = ["cat", "dog", "apple", "cat", "sun"]
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Path:
+    return write_synthetic_suite(tmp_path_factory.mktemp("suite"), seed=0, instances_per_task=6)
+
+
+def _read_split(root: Path, split: str) -> list[str]:
+    return (root / "splits" / "default" / f"{split}_tasks.txt").read_text().split()
+
+
+def _read_task(root: Path, name: str) -> dict:
+    return json.loads((root / "tasks" / f"{name}.json").read_text())
+
+
+def _chain(task: dict) -> str:
+    return task["Categories"][0].removeprefix("Synthetic -> ")
+
+
+def test_vocabulary_and_operations_follow_the_spec_order():
+    assert len(WORDS) == 40 and len(set(WORDS)) == 40
+    assert (
+        list(WORDS)
+        == (
+            "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat "
+            "hill key kite lamp leaf lion map moon nest owl pen pig rain ring rose ship shoe star sun tree"
+        ).split()
+    )
+    assert (
+        list(OPERATIONS)
+        == (
+            "reverse sort first last drop_first upper double remove replace rotate swap_ends append prepend dedup "
+            "filter_letter count lengths join"
+        ).split()
+    )
+    assert set(HELD_OUT_WORDS) == {"owl", "kite", "drum", "rose", "gold"}
+    assert len(HELD_OUT_CHAINS) == 10 and ("filter_letter", "count") in HELD_OUT_CHAINS
+
+
+@pytest.mark.parametrize(
+    ("op", "tokens", "expected"),
+    [
+        (("reverse",), L, ["sun", "cat", "apple", "dog", "cat"]),
+        (("sort",), L, ["apple", "cat", "cat", "dog", "sun"]),
+        (("first", 2), L, ["cat", "dog"]),
+        (("last", 3), L, ["apple", "cat", "sun"]),
+        (("drop_first", 1), L, ["dog", "apple", "cat", "sun"]),
+        (("upper",), L, ["CAT", "DOG", "APPLE", "CAT", "SUN"]),
+        (("double",), ["cat", "dog"], ["cat", "cat", "dog", "dog"]),
+        (("remove", "cat"), L, ["dog", "apple", "sun"]),
+        (("replace", "cat", "owl"), L, ["owl", "dog", "apple", "owl", "sun"]),
+        (("rotate", 2), L, ["apple", "cat", "sun", "cat", "dog"]),
+        (("swap_ends",), L, ["sun", "dog", "apple", "cat", "cat"]),
+        (("swap_ends",), ["cat"], ["cat"]),
+        (("append", "owl"), L, [*L, "owl"]),
+        (("prepend", "owl"), L, ["owl", *L]),
+        (("dedup",), L, ["cat", "dog", "apple", "sun"]),
+        (("filter_letter", "c"), ["cat", "cup", "dog", "car"], ["cat", "cup", "car"]),
+        (("count",), L, ["5"]),
+        (("lengths",), L, ["3", "3", "5", "3", "3"]),
+        (("join", "dash"), L, ["cat-dog-apple-cat-sun"]),
+        (("join", "plus"), ["a", "b"], ["a+b"]),
+        (("join", "slash"), ["a", "b"], ["a/b"]),
+    ],
+)
+def test_each_operation_matches_the_spec_table(op, tokens, expected):
+    assert apply_chain([op], tokens) == expected
+
+
+def test_chains_apply_left_to_right_and_empty_results_are_none():
+    assert apply_chain([("reverse",), ("first", 2)], L) == ["sun", "cat"]
+    assert chain_output([("double",), ("last", 3)], "cat dog sun") == "dog sun sun"
+    assert chain_output([("remove", "cat")], "cat cat cat") == "none"
+    assert chain_output([("filter_letter", "o"), ("count",)], "cat dog sun") == "0"
+    assert chain_output([("filter_letter", "o"), ("join", "dash")], "cat dog sun") == "none"
+    assert chain_output([("filter_letter", "o"), ("lengths",)], "cat dog sun") == "none"
+    assert chain_output(["upper", ("join", "plus")], "cat dog") == "CAT+DOG"
+    assert chain_output([SyntheticOp("first", (1,)), SyntheticOp("lengths")], "apple dog") == "5"
+
+
+@pytest.mark.parametrize(
+    ("ops", "message"),
+    [
+        ([("count",), ("reverse",)], "terminal"),
+        ([("join", "dash"), ("upper",)], "terminal"),
+        ([("upper",), ("sort",)], "`upper` may not stand before 'sort'"),
+        ([("upper",), ("dedup",)], "`upper` may not stand before 'dedup'"),
+        ([("reverse",), ("reverse",)], "repeats"),
+        ([("reverse",), ("sort",), ("dedup",)], "one or two"),
+        ([], "one or two"),
+        ([("shuffle",)], "unknown operation"),
+        ([("first", 4)], "invalid parameters"),
+        ([("first",)], "invalid parameters"),
+        ([("remove", "zebra")], "invalid parameters"),
+        ([("filter_letter", "z")], "invalid parameters"),
+        ([("join", "comma")], "invalid parameters"),
+        ([("replace", "cat", "cat")], "two different words"),
+    ],
+)
+def test_chain_rules_reject_invalid_chains(ops, message):
+    with pytest.raises(ValueError, match=message) as error:
+        validate_chain(ops)
+    assert "`ops`" in str(error.value)
+
+
+def test_allowed_upper_chains():
+    assert validate_chain([("upper",), ("reverse",)])[0] == SyntheticOp("upper")
+    assert apply_chain([("sort",), ("upper",)], ["b", "a"]) == ["A", "B"]
+
+
+def test_names_and_definition_follow_the_spec():
+    task = SyntheticTask.from_ops([("reverse",), ("first", 2)])
+    assert task.name == "synth_reverse_then_first_2"
+    assert task.definition == PREFIX + "Reverse the order of the words. Then keep only the first 2 words."
+    assert SyntheticTask.from_ops([("replace", "cat", "dog")]).name == "synth_replace_cat_dog"
+    assert SyntheticTask.from_ops([("join", "dash")]).name == "synth_join_dash"
+    single = SyntheticTask.from_ops([("join", "slash")])
+    assert single.definition == PREFIX + "Join the words with a slash instead of spaces."
+    assert SyntheticTask.from_ops([("sort",), ("upper",)]).definition.endswith(
+        "Sort the words in alphabetical order. Then write every word in capital letters."
+    )
+
+
+def test_task_counts_are_in_the_documented_ranges():
+    for seed in (0, 1, 2):
+        tasks = build_synthetic_tasks(seed)
+        assert 150 <= len(tasks["train"]) <= 400 and 40 <= len(tasks["test"]) <= 100
+        names = [t.name for t in tasks["train"] + tasks["test"]]
+        assert len(set(names)) == len(names)
+    tasks = build_synthetic_tasks(0)
+    assert (len(tasks["train"]), len(tasks["test"])) == (323, 51)
+
+
+def test_held_out_structure_of_the_written_suite(suite):
+    train, test = _read_split(suite, "train"), _read_split(suite, "test")
+    assert not set(train) & set(test)
+    held_chains = {">".join(chain) for chain in HELD_OUT_CHAINS}
+    for name in train:
+        task = _read_task(suite, name)
+        assert _chain(task) not in held_chains, name
+        assert not set(name.removeprefix("synth_").split("_")) & set(HELD_OUT_WORDS), name
+    for name in test:
+        chain = _chain(_read_task(suite, name))
+        params = set(name.removeprefix("synth_").split("_"))
+        assert chain in held_chains or (chain in WORD_OPS and params & set(HELD_OUT_WORDS)), name
+    assert {_chain(_read_task(suite, name)) for name in test} >= held_chains
+
+
+def test_every_op_appears_in_train_alone_and_in_a_pair(suite):
+    chains = {_chain(_read_task(suite, name)) for name in _read_split(suite, "train")}
+    singles = {chain for chain in chains if ">" not in chain}
+    in_pairs = {op for chain in chains if ">" in chain for op in chain.split(">")}
+    assert singles == set(OPERATIONS) and in_pairs == set(OPERATIONS)
+
+
+def test_task_files_follow_the_spec(suite):
+    tasks = {task.name: task for task in build_synthetic_tasks(0)["train"] + build_synthetic_tasks(0)["test"]}
+    assert sorted(tasks) == sorted(p.stem for p in (suite / "tasks").glob("*.json"))
+    for name, task in tasks.items():
+        data = _read_task(suite, name)
+        assert data["Definition"] == task.definition and data["Negative Examples"] == []
+        examples, instances = data["Positive Examples"], data["Instances"]
+        assert len(examples) == 2 and all(ex["explanation"] == "" for ex in examples)
+        assert [inst["id"] for inst in instances] == [f"{name}-{i}" for i in range(6)]
+        inputs = [ex["input"] for ex in examples] + [inst["input"] for inst in instances]
+        assert len(set(inputs)) == len(inputs)
+        for text in inputs:
+            words = text.split(" ")
+            assert task.min_words <= len(words) <= 7 and set(words) <= set(WORDS)
+        assert all(inst["output"] == [chain_output(task.ops, inst["input"])] for inst in instances)
+        assert all(ex["output"] == chain_output(task.ops, ex["input"]) for ex in examples)
+
+
+def test_k_ops_get_inputs_longer_than_k(suite):
+    data = _read_task(suite, "synth_drop_first_3")
+    assert all(len(inst["input"].split()) >= 4 for inst in data["Instances"])
+    assert SyntheticTask.from_ops([("first", 1), ("rotate", 3)]).min_words == 4
+    assert SyntheticTask.from_ops([("reverse",)]).min_words == 3
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    def snapshot(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    first = snapshot(write_synthetic_suite(tmp_path / "a", seed=3, instances_per_task=3))
+    second = snapshot(write_synthetic_suite(tmp_path / "b", seed=3, instances_per_task=3))
+    other = snapshot(write_synthetic_suite(tmp_path / "c", seed=4, instances_per_task=3))
+    assert first == second
+    assert first != other
+
+
+def test_rewrite_replaces_the_suite_and_keeps_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    write_synthetic_suite(tmp_path, seed=0, instances_per_task=1)
+    write_synthetic_suite(tmp_path, seed=5, instances_per_task=1)
+    names = set(_read_split(tmp_path, "train") + _read_split(tmp_path, "test"))
+    assert {p.stem for p in (tmp_path / "tasks").glob("*.json")} == names
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "splits", "tasks"]
+    with pytest.raises(ValueError, match="`instances_per_task`"):
+        write_synthetic_suite(tmp_path, instances_per_task=0)
+
+
+def test_loader_reads_the_written_suite(suite):
+    data = load_sni(suite)
+    train, test = _read_split(suite, "train"), _read_split(suite, "test")
+    assert len(data["train"]) == 6 * len(train) and len(data["test"]) == 6 * len(test)
+    row = data["test"][0]
+    raw = _read_task(suite, test[0])
+    assert row["id"] == f"{test[0]}-0" and row["definition"] == raw["Definition"]
+    assert row["input"] == raw["Instances"][0]["input"] and row["outputs"] == raw["Instances"][0]["output"]
+    assert row["category"] == raw["Categories"][0] and len(row["positive_examples"]) == 2
+
+
+def test_corpus_never_shows_test_tasks_or_held_out_parameters():
+    tasks = build_synthetic_tasks(0)
+    test_definitions = [task.definition for task in tasks["test"]]
+    train_definitions = {task.definition for task in tasks["train"]}
+    texts = synthetic_corpus(0, 400)
+    assert texts == synthetic_corpus(0, 400) and texts != synthetic_corpus(1, 400)
+    instances = [text for text in texts if text.startswith(PREFIX)]
+    assert 100 < len(instances) < 300
+    for text in instances:
+        assert any(text.startswith(d + " ") for d in train_definitions)
+        assert not any(text.startswith(d + " ") for d in test_definitions)
+        assert not any(f"word {w}" in text or f"every {w}" in text or f"with {w}" in text for w in HELD_OUT_WORDS)
+    for text in texts:
+        if not text.startswith(PREFIX):
+            assert 6 <= len(text.split()) <= 24 and set(text.split()) <= set(WORDS)
+
+
+def test_corpus_options():
+    bare = synthetic_corpus(0, 50, instance_fraction=1.0, with_instructions=False)
+    assert not any(text.startswith("In this task") for text in bare)
+    assert all(set(text.split()) <= set(WORDS) for text in synthetic_corpus(0, 50, instance_fraction=0.0))
+    with pytest.raises(ValueError, match="`instance_fraction`"):
+        synthetic_corpus(0, 1, instance_fraction=1.5)

@@ -1,0 +1,315 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, T5ForConditionalGeneration
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
+
+from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
+from tiny import batch, tiny_model, tiny_text_config, tiny_tokenizer
+
+FUSIONS = ["cross_attention", "none"]
+
+
+def _forward(model, inputs, **extra):
+    return model(**inputs, **extra).logits
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_fresh_model_equals_backbone_exactly(fusion):
+    model = tiny_model(fusion, perturb=False)
+    inputs = batch()
+    ours = _forward(model, inputs)
+    plain = model.backbone(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+    )
+    assert torch.equal(ours, plain.logits)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_adapters_change_outputs_and_do_not_leak_across_rows(fusion):
+    model = tiny_model(fusion)
+    inputs = batch()
+    base = _forward(model, inputs)
+    plain = model.backbone(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+    )
+    assert (base - plain.logits).abs().max() > 1e-3  # the generated adapter does something
+    changed = dict(inputs, instruction_input_ids=inputs["instruction_input_ids"].clone())
+    changed["instruction_input_ids"][0] = (changed["instruction_input_ids"][0] + 1) % 96
+    other = _forward(model, changed)
+    assert (other[0] - base[0]).abs().max() > 1e-4
+    torch.testing.assert_close(other[1:], base[1:], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_row_alone_equals_row_in_mixed_batch(fusion):
+    model = tiny_model(fusion).double()  # float64: batched and single kernels agree to rounding, not 1e-5
+    inputs = batch()
+    full = _forward(model, inputs)
+    single = _forward(model, {k: v[1:2] for k, v in inputs.items()})
+    torch.testing.assert_close(single[0], full[1], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_adapter_list_equals_instruction_ids(fusion):
+    model = tiny_model(fusion).double()
+    tok = tiny_tokenizer()
+    texts = ["reverse the order of words", "sort the words", "count the words and answer with a number"]
+    adapters = model.generate_adapter(texts, tokenizer=tok, batch_size=2)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    inputs = batch()
+    inputs.update(instruction_input_ids=enc.input_ids, instruction_attention_mask=enc.attention_mask)
+    by_ids = _forward(model, inputs)
+    plain_inputs = {k: v for k, v in inputs.items() if not k.startswith("instruction")}
+    by_adapters = _forward(model, plain_inputs, adapter=adapters)
+    torch.testing.assert_close(by_adapters, by_ids, rtol=0, atol=1e-10)
+    shared = _forward(model, plain_inputs, adapter=adapters[1])
+    torch.testing.assert_close(shared[1], by_ids[1], rtol=0, atol=1e-10)
+
+
+def test_generate_adapter_batched_equals_single():
+    model = tiny_model("cross_attention")
+    tok = tiny_tokenizer()
+    texts = ["reverse the order of words", "sort in alphabetical order", "keep only first 2 words"]
+    batched = model.generate_adapter(texts, tokenizer=tok, batch_size=64)
+    assert isinstance(batched, list) and len(batched) == 3
+    for text, adapter in zip(texts, batched):
+        single = model.generate_adapter(text, tokenizer=tok)
+        assert isinstance(single, GeneratedAdapter) and single.instruction == text
+        for name, (a, b) in single.lora_factors.items():
+            torch.testing.assert_close(adapter.lora_factors[name][0], a, rtol=0, atol=1e-6)
+            torch.testing.assert_close(adapter.lora_factors[name][1], b, rtol=0, atol=1e-6)
+        torch.testing.assert_close(adapter.instruction_states, single.instruction_states, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_greedy_generate_equals_teacher_forced_argmax(fusion):
+    model = tiny_model(fusion)
+    inputs = batch()
+    inputs.pop("labels")
+    seq = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    logits = model(**inputs, decoder_input_ids=seq[:, :-1]).logits
+    finished = torch.cumsum(seq[:, :-1] == model.config.eos_token_id, dim=1) > 0  # positions after EOS are padding
+    predicted = logits.argmax(-1)
+    assert torch.equal(predicted[~finished], seq[:, 1:][~finished])
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_beam_search_with_per_example_adapters_matches_one_by_one(fusion):
+    model = tiny_model(fusion).double()
+    inputs = batch()
+    inputs.pop("labels")
+    together = model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=2)
+    assert together.shape[0] == 6
+    for row in range(3):
+        alone = model.generate(
+            **{k: v[row : row + 1] for k, v in inputs.items()}, max_new_tokens=6, num_beams=3, num_return_sequences=2
+        )
+        width = alone.shape[1]
+        assert torch.equal(together[2 * row : 2 * row + 2, :width], alone)
+
+
+def test_sampling_uses_adapter_and_is_reproducible():
+    model = tiny_model("cross_attention")
+    inputs = batch()
+    inputs.pop("labels")
+    torch.manual_seed(3)
+    first = model.generate(**inputs, max_new_tokens=6, do_sample=True, top_k=10)
+    torch.manual_seed(3)
+    again = model.generate(**inputs, max_new_tokens=6, do_sample=True, top_k=10)
+    assert torch.equal(first, again)
+    # The state is removed after generate: the bare backbone is untouched.
+    assert all(m.lora_factors is None for m in model._lora_modules.values())
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_save_and_load_round_trip(tmp_path, fusion):
+    model = tiny_model(fusion)
+    inputs = batch()
+    model.save_pretrained(tmp_path)
+    loaded = TagiModel.from_pretrained(tmp_path)
+    assert not loaded.training
+    reference = model.state_dict()
+    assert set(loaded.state_dict()) == set(reference)
+    assert all(torch.equal(v, reference[k]) for k, v in loaded.state_dict().items())
+    assert loaded.trainable_parameters_report() == model.trainable_parameters_report()  # backbone still frozen
+    assert torch.equal(_forward(loaded, inputs), _forward(model, inputs))
+
+
+def test_auto_classes_load_tagi(tmp_path):
+    model = tiny_model("cross_attention")
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), TagiConfig)
+    for auto in (AutoModel, AutoModelForSeq2SeqLM):
+        loaded = auto.from_pretrained(tmp_path)
+        assert type(loaded) is TagiModel
+    for name in ("modeling_tagi.py", "configuration_tagi.py", "fusion.py", "lora.py", "hypernetwork.py"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_remote_code_load_without_the_package(tmp_path):
+    model = tiny_model("cross_attention")
+    model.save_pretrained(tmp_path / "model")
+    inputs = batch()
+    torch.save(inputs, tmp_path / "inputs.pt")
+    torch.save(_forward(model, inputs), tmp_path / "expected.pt")
+    script = f"""
+import sys
+sys.modules["tagi_hf"] = None  # the package is not importable in this process
+import torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+diff = (model(**inputs).logits - torch.load({str(tmp_path / "expected.pt")!r})).abs().max().item()
+assert diff <= 1e-5, diff
+print("ok")
+"""
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_gradients_reach_only_generator_and_fusion(checkpointing):
+    model = tiny_model("cross_attention")
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    model(**batch()).loss.backward()
+    for name, param in model.named_parameters():
+        if name.startswith("backbone."):
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    report = model.trainable_parameters_report()
+    assert report["backbone"] == 0
+    assert report["total"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert TagiModel.accepts_loss_kwargs is False
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("cross_attention").double()  # float64: recomputation order cannot blur the comparison
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**batch()).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-10)
+
+
+def test_set_trainable_is_explicit():
+    model = tiny_model("cross_attention")
+    model.set_trainable(generator=True, fusion=False)
+    report = model.trainable_parameters_report()
+    assert report["fusion"] == 0 and report["generator"] > 0
+    model.set_trainable(backbone=True)
+    assert model.trainable_parameters_report()["backbone"] == sum(p.numel() for p in model.backbone.parameters())
+
+
+def test_from_backbone_wraps_a_checkpoint(tmp_path):
+    t5 = T5ForConditionalGeneration(tiny_text_config()).eval()
+    t5.save_pretrained(tmp_path / "t5")
+    model = TagiModel.from_backbone(str(tmp_path / "t5"), lora_rank=2, fusion="none").eval()
+    assert model.config.base_model_name_or_path == str(tmp_path / "t5")
+    assert model.config.lora_rank == 2
+    inputs = batch()
+    expected = t5(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"])
+    torch.testing.assert_close(_forward(model, inputs), expected.logits, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("text", ["", "   \n\t"])
+def test_empty_instruction_is_refused(text):
+    model = tiny_model("none")
+    with pytest.raises(ValueError, match=r"`instructions\[0\]` is empty"):
+        model.generate_adapter(text, tokenizer=tiny_tokenizer())
+
+
+def test_long_instruction_is_truncated_with_one_warning():
+    model = tiny_model("cross_attention", max_instruction_length=16)
+    logger = logging.get_logger("tagi_hf.instructions")
+    logging.set_verbosity_warning()
+    with CaptureLogger(logger) as captured:
+        adapters = model.generate_adapter(["apple " * 5000, "bird " * 3000], tokenizer=tiny_tokenizer())
+    assert captured.out.count("truncated") == 1
+    assert adapters[0].instruction_states.shape[0] == 16
+
+
+def test_long_instruction_ids_are_truncated():
+    model = tiny_model("cross_attention", max_instruction_length=4)
+    inputs = batch(ins=9)
+    logits = _forward(model, inputs)
+    short = dict(
+        inputs,
+        instruction_input_ids=inputs["instruction_input_ids"][:, :4],
+        instruction_attention_mask=inputs["instruction_attention_mask"][:, :4],
+    )
+    torch.testing.assert_close(logits, _forward(model, short), rtol=0, atol=1e-6)
+
+
+def test_tokenizer_larger_than_embedding_is_refused():
+    model = TagiModel(TagiConfig(text_config=tiny_text_config(vocab_size=8), lora_rank=2))
+    with pytest.raises(ValueError, match="`tokenizer` has .* tokens but the backbone's embedding has only 8"):
+        model.generate_adapter("sort the words", tokenizer=tiny_tokenizer())
+
+
+def test_adapter_for_another_backbone_is_refused():
+    small = tiny_model("none")
+    other = TagiModel(TagiConfig(text_config=tiny_text_config(d_model=48), lora_rank=4, fusion="none"))
+    adapter = other.generate_adapter("sort the words", tokenizer=tiny_tokenizer())
+    with pytest.raises(
+        ValueError, match=r"Adapter module `encoder\.block\.0\.layer\.0\.SelfAttention\.q` has A \(4, 48\)"
+    ):
+        small(**{k: v for k, v in batch().items() if not k.startswith("instruction")}, adapter=adapter)
+    deeper = TagiModel(TagiConfig(text_config=tiny_text_config(num_layers=3), lora_rank=4, fusion="none"))
+    adapter = deeper.generate_adapter("sort the words", tokenizer=tiny_tokenizer())
+    with pytest.raises(ValueError, match=r"`encoder\.block\.2\.layer\.0\.SelfAttention\.q` does not exist"):
+        small(**{k: v for k, v in batch().items() if not k.startswith("instruction")}, adapter=adapter)
+
+
+def test_adapter_count_must_match_batch():
+    model = tiny_model("none")
+    adapters = model.generate_adapter(["sort the words", "count the words"], tokenizer=tiny_tokenizer())
+    with pytest.raises(ValueError, match="`adapter` holds 2 adapters for a batch of 3"):
+        model(**{k: v for k, v in batch().items() if not k.startswith("instruction")}, adapter=adapters)
+
+
+def test_missing_task_information_is_refused():
+    model = tiny_model("none")
+    with pytest.raises(ValueError, match="exactly one of `adapter` or `instruction_input_ids`"):
+        model(input_ids=batch()["input_ids"], labels=batch()["labels"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lora_rank": 0}, "`lora_rank` must be a positive integer"),
+        ({"lora_rank": -2}, "`lora_rank` must be a positive integer"),
+        ({"fusion": "concat"}, "`fusion` must be one of"),
+        ({"lora_target_modules": ["q", "wi"]}, "`lora_target_modules` must be a non-empty subset"),
+        ({"lora_alpha": 0}, "`lora_alpha` must be positive"),
+    ],
+)
+def test_bad_config_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TagiConfig(text_config=tiny_text_config(), **kwargs)
+
+
+def test_optional_k_and_o_targets():
+    config = TagiConfig(text_config=tiny_text_config(), lora_rank=2, lora_target_modules=["q", "k", "v", "o"])
+    model = TagiModel(config)
+    names = list(model._lora_modules)
+    assert len(names) == 4 * 3 * 2  # 4 projections x 3 attention kinds x 2 layers
+    adapter = model.generate_adapter("sort the words", tokenizer=tiny_tokenizer())
+    a, b = adapter.lora_factors["decoder.block.1.layer.1.EncDecAttention.o"]
+    assert a.shape == (2, 32) and b.shape == (32, 2)

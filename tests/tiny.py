@@ -1,0 +1,81 @@
+"""Tiny models and tokenizers built in code for the tests (offline, seconds)."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, T5Config
+
+from tagi_hf import TagiConfig, TagiModel
+
+WORDS = (
+    "reverse the order of words sort in alphabetical keep only first last remove every occurrence word "
+    "replace with add at end beginning write capital letters repeat twice count and answer a number "
+    "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat "
+    "complete task . , then 1 2 3"
+).split()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_text_config(vocab_size: int = 96, **overrides) -> T5Config:
+    kwargs = dict(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+    )
+    kwargs.update(overrides)
+    return T5Config(**kwargs)
+
+
+def tiny_model(fusion: str = "cross_attention", seed: int = 0, perturb: bool = True, **config_kwargs) -> TagiModel:
+    """A tiny TagiModel; with `perturb`, the zero-initialised parts get small random values so adapters and fusion
+    actually change the outputs (a fresh model is, by design, identical to its backbone)."""
+    torch.manual_seed(seed)
+    config_kwargs.setdefault("lora_rank", 4)
+    config = TagiConfig(
+        text_config=tiny_text_config(), fusion=fusion, base_model_name_or_path="tiny-t5", **config_kwargs
+    )
+    model = TagiModel(config).eval()
+    if perturb:
+        with torch.no_grad():
+            for param in model.generator.heads_b.parameters():
+                param.normal_(0.0, 0.05)
+            if model.encoder_fusion is not None:
+                for layer in model.encoder_fusion:
+                    layer.gate.fill_(0.5)
+                model.decoder_gates.weight.fill_(0.5)
+    return model
+
+
+def batch(n: int = 3, src: int = 7, ins: int = 9, vocab: int = 96, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Random inputs, instruction ids (with some padding) and labels."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (n, src), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, src - 2 :] = 0
+    instruction_input_ids = torch.randint(3, vocab, (n, ins), generator=g)
+    instruction_attention_mask = torch.ones_like(instruction_input_ids)
+    instruction_attention_mask[-1, ins - 3 :] = 0
+    labels = torch.randint(3, vocab, (n, 5), generator=g)
+    return dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        instruction_input_ids=instruction_input_ids,
+        instruction_attention_mask=instruction_attention_mask,
+    )
