@@ -100,7 +100,7 @@ def test_batch_keys_shapes_and_task_keys(tokenizer):
         "teacher_attention_mask",
         "labels",
     ]
-    assert list(batch) == [*tensors, "task_keys"]
+    assert list(batch) == [*tensors, "task_keys", "task_categories"]
     assert batch["task_keys"] == ["t1", "t2"]
     for name in tensors:
         assert batch[name].dtype == torch.long and batch[name].shape[0] == 2

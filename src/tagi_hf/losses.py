@@ -256,7 +256,9 @@ def _detach(value: torch.Tensor | LoraFactors) -> torch.Tensor | LoraFactors:
 
 
 def adapter_alignment_loss(
-    student: Mapping[str, torch.Tensor | LoraFactors], teacher: Mapping[str, torch.Tensor | LoraFactors]
+    student: Mapping[str, torch.Tensor | LoraFactors],
+    teacher: Mapping[str, torch.Tensor | LoraFactors],
+    relative: bool = False,
 ) -> torch.Tensor:
     """`L_ins`: mean squared error between generated and teacher LoRA weight updates, averaged over modules.
 
@@ -270,6 +272,10 @@ def adapter_alignment_loss(
     Args:
         student (`Mapping[str, torch.Tensor | LoraFactors]`): Generated updates or factors, keyed by module name.
         teacher (`Mapping[str, torch.Tensor | LoraFactors]`): Teacher updates or factors, with the same keys.
+
+        relative (`bool`, defaults to `False`):
+            Divide each module's MSE by the teacher update's mean square (a scale-free relative error: 0 when the
+            updates coincide, 1 for a zero student update).
 
     Returns:
         `torch.Tensor`: Scalar mean over modules of each module's element-wise MSE.
@@ -292,5 +298,17 @@ def adapter_alignment_loss(
         raise ValueError(f"Module `{missing[0]}` is missing from the {side} updates (mismatched keys: {missing}).")
     if not student:
         raise ValueError("`student` and `teacher` hold no modules to align.")
-    losses = [_module_mse(name, student[name], _detach(teacher[name])) for name in sorted(student)]
+    losses = []
+    for name in sorted(student):
+        target = _detach(teacher[name])
+        loss = _module_mse(name, student[name], target)
+        if relative:
+            loss = loss / _module_mse(name, _zero_like(target), target).clamp(min=1e-12)
+        losses.append(loss)
     return torch.stack(losses).mean()
+
+
+def _zero_like(value: torch.Tensor | LoraFactors) -> torch.Tensor | LoraFactors:
+    if isinstance(value, tuple):
+        return LoraFactors(value[0], value[1], 0.0)
+    return torch.zeros_like(value)

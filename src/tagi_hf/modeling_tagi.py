@@ -53,6 +53,13 @@ class TaskState:
         )
 
 
+@dataclass
+class TagiSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """The backbone's outputs, plus the task state (generated factors) when `return_task_state=True`."""
+
+    task_state: TaskState | None = None
+
+
 class DecoderFusionGates(nn.Module):
     """One scalar gate per decoder layer on the instruction part of the decoder's attention (zero at init)."""
 
@@ -302,8 +309,9 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         instruction_input_ids: torch.LongTensor | None = None,
         instruction_attention_mask: torch.Tensor | None = None,
         task_state: TaskState | None = None,
+        return_task_state: bool = False,
         **kwargs,
-    ) -> Seq2SeqLMOutput:
+    ) -> TagiSeq2SeqLMOutput:
         r"""
         Runs the backbone on the instance input with the task's generated adapter and fusion.
 
@@ -314,6 +322,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             instruction_input_ids / instruction_attention_mask (`(batch, ins_len)`): the instruction of each example;
                 the adapters are generated on the fly (gradients reach the generator).
             task_state (`TaskState`, *optional*): precomputed with [`~TagiModel.prepare_task_state`].
+            return_task_state (`bool`): also return the generated factors (for the parameter-alignment loss).
         """
         if task_state is None:
             batch = input_ids.shape[0] if input_ids is not None else None
@@ -325,7 +334,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             )
         self._install_task_state(task_state)
         try:
-            return self.backbone(
+            outputs = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 labels=labels,
@@ -333,6 +342,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
                 decoder_attention_mask=decoder_attention_mask,
                 **kwargs,
             )
+            return TagiSeq2SeqLMOutput(**outputs, task_state=task_state if return_task_state else None)
         finally:
             # Activation checkpointing re-runs blocks during backward: keep the state until the next forward then.
             if not (self.is_activation_checkpointing and torch.is_grad_enabled()):

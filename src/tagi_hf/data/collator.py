@@ -26,6 +26,7 @@ class TagiDataCollator:
       ([`format_teacher_input`]), only when `teacher_inputs=True`;
     - `labels` `(batch, target_len)`: the first reference output, padding set to `label_pad_token_id`;
     - `task_keys`: the task names (a list of strings), for per-task teacher or adapter lookup.
+    - `task_categories`: the task categories (a list of strings), for per-category teachers.
 
     A teacher input that exceeds `max_teacher_length` loses the end of its instruction, never the instance.
 
@@ -124,4 +125,5 @@ class TagiDataCollator:
             batch.update(self._teacher(instructions, rows))  # (batch, teacher_len)
         batch["labels"] = self._labels(rows)  # (batch, target_len)
         batch["task_keys"] = [row["task"] for row in rows]
+        batch["task_categories"] = [row.get("category", "") for row in rows]  # for per-category teachers
         return batch
