@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, PeftModel, set_peft_model_state_dict
@@ -13,6 +14,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .utils import atomic_directory
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -135,6 +139,36 @@ class GeneratedAdapter:
                 save_file(states, tmp / INSTRUCTION_STATES, metadata={"format": "pt"})
             (tmp / PROVENANCE).write_text(json.dumps(self._provenance(), indent=2, sort_keys=True) + "\n")
             adapter_model_card(self).save(tmp / "README.md")
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        generator_repo: str | None = None,
+        generator_revision: str | None = None,
+        license: str | None = None,
+    ) -> CommitInfo:
+        """Pushes this adapter as a PEFT LoRA repo with its card in one commit ([`tagi_hf.hub.push_adapter_to_hub`]).
+
+        Refuses (before any network call) when `base_model_name_or_path` is not a Hub id or no token is available.
+        """
+        from .hub import push_adapter_to_hub
+
+        return push_adapter_to_hub(
+            self,
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            revision=revision,
+            generator_repo=generator_repo,
+            generator_revision=generator_revision,
+            license=license,
+        )
 
     def _provenance(self) -> dict:
         return {

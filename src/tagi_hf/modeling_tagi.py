@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from huggingface_hub import CommitInfo
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, T5ForConditionalGeneration
 from transformers import initialization as init
@@ -171,6 +172,15 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         config_kwargs.setdefault("base_model_name_or_path", str(name_or_path))
         config = TagiConfig(text_config=backbone.config, **config_kwargs)
         return cls(config, backbone=backbone)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> CommitInfo:
+        """Pushes config, safetensors, remote code and a generated TAGI card in one commit (`import tagi_hf` then
+        loads it with `AutoModel`; `trust_remote_code=True` without the package). Keywords: see
+        [`tagi_hf.hub.push_model_to_hub`] (`token`, `private`, `revision`, `license`, `model_card`, `tokenizer`, ...).
+        """
+        from .hub import push_model_to_hub
+
+        return push_model_to_hub(self, repo_id, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- parameters
     def set_trainable(self, *, generator: bool = True, fusion: bool = True, backbone: bool = False) -> None:

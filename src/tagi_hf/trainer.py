@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
 
-from .losses import IGNORE_INDEX, LoraFactors, adapter_alignment_loss, distillation_kl_loss
+from .losses import IGNORE_INDEX, LoraFactors, _upcast, adapter_alignment_loss, distillation_kl_loss
 from .training_args import TagiTrainingArguments
 
 # Batch keys the collator adds for the losses; the model itself never sees them.
@@ -88,7 +88,7 @@ class TagiTrainer(Seq2SeqTrainer):
                 student, self._teacher_factors(extras, student), relative=self.args.ins_normalize
             )
         token_loss = terms["loss_pred"] + self.args.lambda_kl * terms.get("loss_kl", 0.0)
-        loss = token_loss * self._token_weight(tokens, num_items_in_batch)
+        loss = token_loss * self._token_weight(tokens.to(token_loss.dtype), num_items_in_batch)
         loss = loss + self.args.lambda_ins * terms.get("loss_ins", 0.0) / self._micro_batches(num_items_in_batch)
         if model.training:
             for name, value in terms.items():
@@ -101,7 +101,8 @@ class TagiTrainer(Seq2SeqTrainer):
         if num_items_in_batch is None or not self.model.training:
             return 1.0
         world = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-        return tokens * world / torch.as_tensor(num_items_in_batch, device=tokens.device).clamp(min=1)
+        total = torch.as_tensor(num_items_in_batch, device=tokens.device, dtype=tokens.dtype).clamp(min=1)
+        return tokens * world / total  # in the loss's dtype: a float32 ratio would blur float64 checks
 
     def _micro_batches(self, num_items_in_batch) -> int:
         """Per-example terms are micro-batch means: divide by the accumulation steps to average them."""
@@ -154,7 +155,7 @@ class TagiTrainer(Seq2SeqTrainer):
 def _token_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of the token cross-entropies over label tokens. logits (batch, tgt, vocab), labels (batch, tgt)."""
     return nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        _upcast(logits).flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
 
 

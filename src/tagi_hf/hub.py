@@ -1,0 +1,466 @@
+"""Publishing on the Hugging Face Hub: TAGI generators, generated adapters (one per repo or many) and teacher LoRAs.
+
+Every push checks what it can before any network call (adapters name a loadable base model, a token is available,
+the repo id is valid), stages what it writes in a temporary directory (the caller's files are only read), and makes
+exactly **one commit** (the repo is created if needed, `exist_ok` semantics). If the upload fails, a
+[`HubUploadError`] lists the files that did not go up.
+
+Repo layouts:
+
+- generator: `save_pretrained` output (config, safetensors, the remote-code `.py` files) + a generated card;
+- one adapter: a standard PEFT LoRA directory (+ `tagi_adapter.json`, instruction states with fusion) + card;
+- many adapters: one such directory per subfolder, an `index.json` (`{"adapters": {name: {"subfolder",
+  "instruction", ...}}}`) and a top card; [`save_adapters`] writes the same layout locally, [`load_adapters`]
+  reads it back from a directory or a repo;
+- teachers: the teacher bank directory as written (`teachers.json` + one PEFT directory per key), with a card
+  per teacher and a top card.
+
+Example:
+
+```python
+>>> from tagi_hf.hub import push_adapters_to_hub
+>>> adapters = model.generate_adapter(["Reverse the words.", "Sort the words."], tokenizer=tokenizer)  # doctest: +SKIP
+>>> push_adapters_to_hub(adapters, "me/word-tasks", names=["reverse", "sort"])  # doctest: +SKIP
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, get_token, snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .adapter import ADAPTER_CONFIG, GeneratedAdapter
+from .model_card import (
+    adapter_model_card,
+    adapters_model_card,
+    generator_model_card,
+    teacher_model_card,
+    teachers_model_card,
+)
+from .utils import atomic_directory
+
+if TYPE_CHECKING:
+    from .modeling_tagi import TagiModel
+
+ADAPTERS_INDEX = "index.json"
+TEACHERS_INDEX = "teachers.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_RESERVED_NAMES = {ADAPTERS_INDEX, "README.md", ".gitattributes"}
+
+
+class HubUploadError(RuntimeError):
+    """A push failed: no commit was made. `files` lists the repo paths that did not go up."""
+
+    def __init__(self, repo_id: str, files: Sequence[str], cause: BaseException):
+        self.repo_id, self.files = repo_id, list(files)
+        listed = "".join(f"\n  - {path}" for path in self.files)
+        super().__init__(
+            f"Pushing to `{repo_id}` failed ({type(cause).__name__}: {cause}). No commit was made; these "
+            f"{len(self.files)} files did not go up:{listed}\nLocal files are unchanged: fix the cause and push again."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def _require_token(token: str | bool | None) -> str:
+    """The token to push with; refuses before any network call when there is none."""
+    resolved = get_token() if token is None or token is True else token
+    if not resolved:
+        raise ValueError(
+            "Pushing to the Hub needs a write token: pass `token=...`, set `HF_TOKEN`, or run `hf auth login`."
+        )
+    return resolved
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """A name others can load from the Hub: a valid repo id that is not a directory on this machine."""
+    if not name or os.path.isdir(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_base_model(base_model_name_or_path: str | None, what: str = "the adapter") -> None:
+    """Refuses to publish an adapter others could not load: its base model must be a Hub repo id."""
+    if not _is_hub_id(base_model_name_or_path):
+        raise ValueError(
+            f"Cannot push {what}: its `base_model_name_or_path` is {base_model_name_or_path!r}, not the Hub id of "
+            "the backbone, so the pushed repo could not be loaded. Set `base_model_name_or_path` to the backbone's "
+            "repo id (e.g. `google/t5-base-lm-adapt`) first."
+        )
+
+
+def _release(
+    adapter: GeneratedAdapter, generator_repo: str | None, generator_revision: str | None
+) -> GeneratedAdapter:
+    """The adapter as published: base model checked, provenance set, local generator paths not leaked."""
+    check_base_model(adapter.base_model_name_or_path)
+    generator = generator_repo or adapter.generator_name_or_path
+    return dataclasses.replace(
+        adapter,
+        generator_name_or_path=generator if _is_hub_id(generator) else None,
+        generator_revision=generator_revision or adapter.generator_revision,
+    )
+
+
+def _named(adapters: Sequence[GeneratedAdapter], names: Sequence[str] | None) -> dict[str, GeneratedAdapter]:
+    adapters = list(adapters)
+    if not adapters:
+        raise ValueError("`adapters` is empty: there is nothing to save or push.")
+    names = list(names) if names is not None else [_default_name(i, a.instruction) for i, a in enumerate(adapters)]
+    if len(names) != len(adapters):
+        raise ValueError(f"`names` has {len(names)} entries for {len(adapters)} adapters.")
+    for name in names:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
+            raise ValueError(f"`names` entry {name!r} is not a valid subfolder name (letters, digits, `.`, `_`, `-`).")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`names` holds duplicates: {sorted({n for n in names if names.count(n) > 1})}.")
+    return dict(zip(names, adapters))
+
+
+def _default_name(index: int, instruction: str | None) -> str:
+    """`"003-reverse-the-order-of-words"`: ordered, unique, readable."""
+    slug = "-".join(re.findall(r"[a-z0-9]+", (instruction or "").lower())[:6])[:60].strip("-")
+    return f"{index:03d}-{slug}" if slug else f"{index:03d}"
+
+
+# ------------------------------------------------------------------------------------------------ upload
+
+
+def _folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
+    """`{path in repo: local file}` for every file under `folder`."""
+    return {
+        str(PurePosixPath(prefix, path.relative_to(folder).as_posix())): path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _push_files(
+    files: Mapping[str, Path | bytes],
+    repo_id: str,
+    *,
+    token: str,
+    commit_message: str,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+) -> CommitInfo:
+    """Creates the repo (and branch) if needed and uploads `files` in one commit."""
+    api = HfApi(token=token)
+    operations = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(source) if isinstance(source, Path) else source)
+        for path, source in sorted(files.items())
+    ]
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision and revision != "main" and not revision.startswith("refs/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            revision=revision,
+            create_pr=create_pr,
+        )
+    except Exception as error:  # every failure means the same to the caller: nothing was committed
+        raise HubUploadError(repo_id, sorted(files), error) from error
+
+
+# ------------------------------------------------------------------------------------------------ generator
+
+
+def push_model_to_hub(
+    model: TagiModel,
+    repo_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = "50GB",
+    tags: Sequence[str] | None = None,
+    license: str | None = None,
+    model_card: ModelCard | str | os.PathLike | None = None,
+    tokenizer: Any = None,
+) -> CommitInfo:
+    """Pushes a [`TagiModel`] (config, safetensors, remote code, card; optionally its tokenizer) in one commit.
+
+    The card is generated ([`generator_model_card`]) unless `model_card` (a `ModelCard` or a path to a curated
+    `README.md`, e.g. `model_cards/tagi-t5-base-lm-adapt-sni/README.md`) is given. What `TagiModel.push_to_hub` runs.
+    """
+    token = _require_token(token)
+    validate_repo_id(repo_id)
+    tags = [*(getattr(model, "model_tags", None) or []), *(tags or [])]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        if model_card is None:
+            card = generator_model_card(model, repo_id=repo_id, license=license, tags=tags)
+        else:
+            card = model_card if isinstance(model_card, ModelCard) else ModelCard.load(Path(model_card))
+        card.save(folder / "README.md")
+        message = commit_message or "Upload TAGI generator"
+        return _push_files(
+            _folder_files(folder),
+            repo_id,
+            token=token,
+            commit_message=message,
+            private=private,
+            revision=revision,
+            commit_description=commit_description,
+            create_pr=create_pr,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ adapters
+
+
+def push_adapter_to_hub(
+    adapter: GeneratedAdapter,
+    repo_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    generator_repo: str | None = None,
+    generator_revision: str | None = None,
+    license: str | None = None,
+) -> CommitInfo:
+    """Pushes one generated adapter as a PEFT LoRA repo (one commit); what `GeneratedAdapter.push_to_hub` runs.
+
+    `generator_repo` / `generator_revision` record where the generator is published (card and `tagi_adapter.json`);
+    they default to the adapter's own provenance, with local paths dropped.
+    """
+    adapter = _release(adapter, generator_repo, generator_revision)
+    token = _require_token(token)
+    validate_repo_id(repo_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "adapter"
+        adapter.save_pretrained(folder)
+        adapter_model_card(adapter, repo_id=repo_id, license=license).save(folder / "README.md")
+        message = commit_message or "Upload TAGI generated adapter"
+        return _push_files(
+            _folder_files(folder), repo_id, token=token, commit_message=message, private=private, revision=revision
+        )
+
+
+def save_adapters(
+    adapters: Sequence[GeneratedAdapter],
+    save_directory: str | os.PathLike,
+    *,
+    names: Sequence[str] | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
+) -> Path:
+    """Writes many adapters (atomically): one PEFT directory per subfolder, `index.json` and a top card.
+
+    `names` are the subfolders (default: `"000-<first words of the instruction>"`, ...). The layout of
+    [`push_adapters_to_hub`]; [`push_generated`] pushes such a directory.
+    """
+    named = _named(adapters, names)
+    with atomic_directory(save_directory) as tmp:
+        for name, adapter in named.items():
+            adapter.save_pretrained(tmp / name)
+            card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
+            card.save(tmp / name / "README.md")
+        index = {
+            "adapters": {
+                name: {"subfolder": name, "instruction": a.instruction, "fusion": a.has_fusion}
+                for name, a in named.items()
+            },
+        }
+        (tmp / ADAPTERS_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        adapters_model_card(named, repo_id=repo_id, license=license).save(tmp / "README.md")
+    return Path(save_directory)
+
+
+def load_adapters(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> dict[str, GeneratedAdapter]:
+    """Reads what [`save_adapters`] / [`push_adapters_to_hub`] wrote: `{name: adapter}`, from a directory or a repo.
+
+    A directory without `index.json` is read as one adapter per subfolder holding an `adapter_config.json`.
+    """
+    root = Path(path_or_repo_id)
+    if not root.is_dir():
+        root = Path(snapshot_download(str(path_or_repo_id), revision=revision))
+    if (root / ADAPTERS_INDEX).is_file():
+        subfolders = _index_subfolders(json.loads((root / ADAPTERS_INDEX).read_text(encoding="utf-8")))
+    else:
+        subfolders = {p.parent.name: p.parent.name for p in sorted(root.glob(f"*/{ADAPTER_CONFIG}"))}
+    if not subfolders:
+        raise ValueError(
+            f"`{root}` holds no adapters: expected `{ADAPTERS_INDEX}` or subfolders with `{ADAPTER_CONFIG}`."
+        )
+    return {name: GeneratedAdapter.from_pretrained(root / sub) for name, sub in subfolders.items()}
+
+
+def _index_subfolders(index: Any) -> dict[str, str]:
+    """`{name: subfolder}` of an `index.json`: ours (`{"adapters": {name: {"subfolder": ...}}}`) or a list of
+    `{"path": ...}` entries (what `tagi-hf generate-adapter --instruction-file` writes)."""
+    if isinstance(index, dict):
+        return {name: entry["subfolder"] for name, entry in index["adapters"].items()}
+    return {entry.get("name", entry["path"]): entry["path"] for entry in index}
+
+
+def push_adapters_to_hub(
+    adapters: Sequence[GeneratedAdapter],
+    repo_id: str,
+    *,
+    names: Sequence[str] | None = None,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    generator_repo: str | None = None,
+    generator_revision: str | None = None,
+    license: str | None = None,
+) -> CommitInfo:
+    """Pushes many generated adapters in one commit, each in its own subfolder, with `index.json` and cards.
+
+    Each loads with `PeftModel.from_pretrained(base, repo_id, subfolder=name)`; all with [`load_adapters`].
+    """
+    released = [_release(a, generator_repo, generator_revision) for a in adapters]
+    named = _named(released, names)
+    token = _require_token(token)
+    validate_repo_id(repo_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_adapters(
+            list(named.values()), Path(tmp) / "adapters", names=list(named), repo_id=repo_id, license=license
+        )
+        message = commit_message or f"Upload {len(named)} TAGI generated adapters"
+        return _push_files(
+            _folder_files(folder), repo_id, token=token, commit_message=message, private=private, revision=revision
+        )
+
+
+def push_generated(
+    out_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    base_model_name_or_path: str | None = None,
+    **push_kwargs: Any,
+) -> CommitInfo:
+    """Pushes what `tagi-hf generate-adapter --out DIR` wrote: one adapter directory, or a [`save_adapters`] folder.
+
+    `base_model_name_or_path` overrides the adapters' base (e.g. when the generator was built from a local copy of
+    the backbone). Other keywords as in [`push_adapter_to_hub`]. The files in `out_dir` are only read.
+    """
+    out_dir = Path(out_dir)
+    override = {"base_model_name_or_path": base_model_name_or_path} if base_model_name_or_path else {}
+    if (out_dir / ADAPTER_CONFIG).is_file():
+        adapter = dataclasses.replace(GeneratedAdapter.from_pretrained(out_dir), **override)
+        return push_adapter_to_hub(adapter, repo_id, **push_kwargs)
+    if not out_dir.is_dir():
+        raise ValueError(f"`{out_dir}` is not a directory of generated adapters.")
+    named = load_adapters(out_dir)
+    adapters = [dataclasses.replace(a, **override) for a in named.values()]
+    return push_adapters_to_hub(adapters, repo_id, names=list(named), **push_kwargs)
+
+
+def generate_and_push(
+    model: TagiModel,
+    tokenizer: Any,
+    instructions: str | Sequence[str],
+    repo_id: str,
+    *,
+    names: Sequence[str] | None = None,
+    base_model_name_or_path: str | None = None,
+    **push_kwargs: Any,
+) -> CommitInfo:
+    """Generates the adapter(s) of `instructions` and pushes them: one instruction → one adapter repo, a list →
+    [`push_adapters_to_hub`]. The base model is checked before anything is generated."""
+    base = base_model_name_or_path or model.config.base_model_name_or_path
+    check_base_model(base, "the generated adapters")
+    _require_token(push_kwargs.get("token"))
+    single = isinstance(instructions, str)
+    adapters = model.generate_adapter([instructions] if single else list(instructions), tokenizer=tokenizer)
+    adapters = [dataclasses.replace(a, base_model_name_or_path=base) for a in adapters]
+    if single:
+        return push_adapter_to_hub(adapters[0], repo_id, **push_kwargs)
+    return push_adapters_to_hub(adapters, repo_id, names=names, **push_kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ teachers
+
+
+def _read_teachers_index(teacher_dir: Path) -> dict[str, Any]:
+    path = teacher_dir / TEACHERS_INDEX
+    if not path.is_file():
+        raise ValueError(f"`{teacher_dir}` is not a teacher bank: `{TEACHERS_INDEX}` is missing.")
+    index = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(index.get("teachers"), dict) or not index["teachers"]:
+        raise ValueError(f"`{path}` has no `teachers` mapping (key -> subfolder).")
+    for key, sub in index["teachers"].items():
+        parts = PurePosixPath(str(sub)).parts
+        if not parts or PurePosixPath(str(sub)).is_absolute() or ".." in parts:
+            raise ValueError(f"`{path}`: teacher `{key}` has subfolder {sub!r}, which is not inside the bank.")
+        if not (teacher_dir / sub / ADAPTER_CONFIG).is_file():
+            raise ValueError(f"`{path}`: teacher `{key}` has no `{ADAPTER_CONFIG}` in `{teacher_dir / sub}`.")
+    return index
+
+
+def _teacher_files(teacher_dir: Path, index: dict[str, Any], repo_id: str, license: str | None) -> dict[str, Any]:
+    """The repo's files: the bank as written, each teacher's base model filled in from the index, cards added."""
+    files: dict[str, Path | bytes] = {TEACHERS_INDEX: teacher_dir / TEACHERS_INDEX}
+    configs = {}
+    for key, sub in index["teachers"].items():
+        sub = PurePosixPath(str(sub)).as_posix()
+        config = json.loads((teacher_dir / sub / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        own, shared = config.get("base_model_name_or_path"), index.get("base_model_name_or_path")
+        if own and shared and own != shared:
+            raise ValueError(f"Teacher `{key}` was trained on `{own}` but `{TEACHERS_INDEX}` says `{shared}`.")
+        check_base_model(own or shared, f"teacher `{key}`")
+        files.update(_folder_files(teacher_dir / sub, sub))
+        if not own:  # peft writes None for an unnamed in-memory model; the pushed copy must name its base
+            config["base_model_name_or_path"] = shared
+            files[f"{sub}/{ADAPTER_CONFIG}"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        info_path = teacher_dir / sub / "tagi_teacher.json"
+        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else None
+        card = teacher_model_card(
+            key, config, group_by=index.get("group_by"), repo_id=repo_id, subfolder=sub, license=license, info=info
+        )
+        files[f"{sub}/README.md"] = str(card).encode()
+        configs[key] = config
+    files["README.md"] = str(teachers_model_card(index, configs, repo_id=repo_id, license=license)).encode()
+    return files
+
+
+def push_teachers_to_hub(
+    teacher_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    license: str | None = None,
+) -> CommitInfo:
+    """Pushes a teacher bank (`teachers.json` + one PEFT adapter directory per key) in one commit, with a card per
+    teacher and a top card. Each teacher loads with `PeftModel.from_pretrained(base, repo_id, subfolder=...)`."""
+    teacher_dir = Path(teacher_dir)
+    index = _read_teachers_index(teacher_dir)
+    files = _teacher_files(teacher_dir, index, repo_id, license)
+    token = _require_token(token)
+    validate_repo_id(repo_id)
+    message = commit_message or f"Upload {len(index['teachers'])} TAGI teacher adapters"
+    return _push_files(files, repo_id, token=token, commit_message=message, private=private, revision=revision)

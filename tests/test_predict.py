@@ -1,0 +1,242 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import T5ForConditionalGeneration
+
+import tagi_hf.predict as predict_module
+from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
+from tagi_hf.data import (
+    format_instruction,
+    format_student_input,
+    format_teacher_input,
+    load_sni,
+    synthetic_corpus,
+    train_tokenizer,
+    write_synthetic_suite,
+)
+from tagi_hf.predict import (
+    GENERIC_DEFINITION,
+    derangement,
+    evaluate_model,
+    load_for_evaluation,
+    make_score_fn,
+    predict,
+    rank_classify_model,
+    task_instructions,
+)
+from tagi_hf.rank_classification import option_nll
+from tiny import tiny_text_config
+
+SNI_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sni-sample"
+GEN = dict(max_new_tokens=6, show_progress=False)
+
+
+def suite_tokenizer():
+    return train_tokenizer(synthetic_corpus(0, 300), vocab_size=200)
+
+
+def tiny_tagi(vocab_size: int) -> TagiModel:
+    """A tiny TagiModel whose zero-initialised parts are perturbed, so instructions change its outputs."""
+    torch.manual_seed(0)
+    text = tiny_text_config(vocab_size=vocab_size)
+    model = TagiModel(TagiConfig(text_config=text, lora_rank=4, max_instruction_length=256)).eval()
+    with torch.no_grad():
+        for param in model.generator.heads_b.parameters():
+            param.normal_(0.0, 0.3)
+        for layer in model.encoder_fusion:
+            layer.gate.fill_(0.5)
+        model.decoder_gates.weight.fill_(0.5)
+    return model
+
+
+def save_tiny_models(root: Path) -> dict[str, Path]:
+    """Saves a tiny TagiModel and a tiny plain T5, each with the same trained tokenizer; returns their dirs."""
+    tokenizer = suite_tokenizer()
+    torch.manual_seed(1)
+    models = {"tagi": tiny_tagi(len(tokenizer)), "t5": T5ForConditionalGeneration(tiny_text_config(len(tokenizer)))}
+    for kind, model in models.items():
+        model.save_pretrained(root / kind)
+        tokenizer.save_pretrained(root / kind)
+    return {kind: root / kind for kind in models}
+
+
+def write_rank_jsonl(path: Path) -> Path:
+    records = [
+        {"instruction": "Reverse the order of the words.", "input": "cat dog", "options": ["dog cat", "cat dog"],
+         "answer": "dog cat", "dataset": "d1"},
+        {"instruction": "Sort the words.", "input": "owl cat", "options": ["cat owl", "owl", "cat"], "answer": 0,
+         "dataset": "d2", "prompt": "p"},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    return write_synthetic_suite(tmp_path_factory.mktemp("suite"), seed=0, instances_per_task=4)
+
+
+@pytest.fixture(scope="module")
+def rows(suite):
+    return load_sni(suite, splits=("test",), max_test_instances_per_task=2)["test"]
+
+
+@pytest.fixture(scope="module")
+def loaded(dirs):
+    return {kind: load_for_evaluation(path, device="cpu") for kind, path in dirs.items()}
+
+
+def test_load_for_evaluation_detects_kind(loaded):
+    assert isinstance(loaded["tagi"][0], TagiModel) and loaded["tagi"][2] == "tagi"
+    assert isinstance(loaded["t5"][0], T5ForConditionalGeneration) and loaded["t5"][2] == "t5"
+    assert not loaded["tagi"][0].training
+
+
+def test_load_for_evaluation_refuses_other_directories(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_for_evaluation(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match=rf"{tmp_path.name}.*'bert'"):
+        load_for_evaluation(tmp_path)
+
+
+def test_tagi_predictions_equal_generate_with_the_task_adapter(loaded, rows):
+    model, tokenizer, kind = loaded["tagi"]
+    task_rows = [r for r in rows if r["task"] == rows[0]["task"]]
+    records = predict(model, tokenizer, task_rows, kind=kind, batch_size=1, **GEN)
+    adapter = model.generate_adapter(format_instruction(task_rows[0]["definition"]), tokenizer)
+    for row, record in zip(task_rows, records):
+        ids = tokenizer(format_student_input(row["input"]), return_tensors="pt")
+        output = model.generate(**ids, adapter=adapter, max_new_tokens=6)
+        assert record["prediction"] == tokenizer.decode(output[0], skip_special_tokens=True).strip()
+        assert record["references"] == row["outputs"] and record["id"] == row["id"]
+    assert any(r["prediction"] for r in records)  # the comparison is not between empty strings
+
+
+def test_t5_predictions_read_the_instruction_in_context(loaded, rows):
+    model, tokenizer, kind = loaded["t5"]
+    row = rows[0]
+    record = predict(model, tokenizer, [row], kind=kind, setting="def+2pos", **GEN)[0]
+    instruction = format_instruction(row["definition"], row["positive_examples"], 2)
+    ids = tokenizer(format_teacher_input(instruction, row["input"]), return_tensors="pt")
+    output = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    assert record["prediction"] == tokenizer.decode(output[0], skip_special_tokens=True).strip()
+
+
+def test_batched_predictions_keep_dataset_order_and_match_unbatched(loaded, rows):
+    model, tokenizer, kind = loaded["tagi"]
+    subset = list(rows)[:12]
+    batched = predict(model, tokenizer, subset, kind=kind, batch_size=16, **GEN)
+    single = predict(model, tokenizer, subset, kind=kind, batch_size=1, **GEN)
+    assert [r["id"] for r in batched] == [r["id"] for r in subset]
+    assert [r["prediction"] for r in batched] == [r["prediction"] for r in single]
+
+
+def _spy_instructions(monkeypatch, model):
+    """Records the instructions passed to `generate_adapter` and the adapter's instruction each task decodes with."""
+    calls, used = [], []
+    generate_adapter, prepare_task_state = model.generate_adapter, model.prepare_task_state
+
+    def spy_generate_adapter(texts, *args, **kwargs):
+        calls.append(list(texts))
+        return generate_adapter(texts, *args, **kwargs)
+
+    def spy_prepare_task_state(*, adapter=None, **kwargs):
+        used.append(None if isinstance(adapter, list) else adapter.instruction)
+        return prepare_task_state(adapter=adapter, **kwargs)
+
+    monkeypatch.setattr(model, "generate_adapter", spy_generate_adapter)
+    monkeypatch.setattr(model, "prepare_task_state", spy_prepare_task_state)
+    return calls, used
+
+
+@pytest.mark.parametrize("mode", ["own", "generic", "shuffled"])
+def test_instruction_modes_change_the_instruction_given_to_the_generator(loaded, rows, monkeypatch, mode):
+    model, tokenizer, kind = loaded["tagi"]
+    calls, used = _spy_instructions(monkeypatch, model)
+    predict(model, tokenizer, rows, kind=kind, instruction_mode=mode, seed=3, max_new_tokens=1, show_progress=False)
+    tasks = list(dict.fromkeys(rows["task"]))
+    own = {t: format_instruction(d) for t, d in zip(rows["task"], rows["definition"])}
+    assert len(calls) == 1  # every task's adapter comes from one batched call
+    if mode == "own":
+        assert calls[0] == [own[t] for t in tasks] and used == calls[0]
+    elif mode == "generic":
+        assert calls[0] == [format_instruction(GENERIC_DEFINITION)] and len(used) == len(tasks)
+    else:
+        assert sorted(calls[0]) == sorted(own.values())
+        assert all(text != own[task] and text in own.values() for task, text in zip(tasks, used))
+
+
+def test_t5_instruction_modes(loaded, rows, monkeypatch):
+    model, tokenizer, kind = loaded["t5"]
+    seen = []
+    original = predict_module.format_teacher_input
+    monkeypatch.setattr(predict_module, "format_teacher_input", lambda i, x: seen.append(i) or original(i, x))
+    predict(model, tokenizer, rows, kind=kind, instruction_mode="generic", max_new_tokens=1, show_progress=False)
+    assert set(seen) == {format_instruction(GENERIC_DEFINITION)} and len(seen) == len(rows)
+
+
+def test_shuffled_is_a_seeded_derangement(rows):
+    own = task_instructions(rows)
+    first, again = (task_instructions(rows, instruction_mode="shuffled", seed=5) for _ in range(2))
+    assert first == again and first != task_instructions(rows, instruction_mode="shuffled", seed=6)
+    assert all(first[task] != own[task] for task in own)
+    assert sorted(first.values()) == sorted(own.values())
+    for n in (2, 3, 10):
+        perm = derangement(n, seed=0)
+        assert sorted(perm) == list(range(n)) and all(p != i for i, p in enumerate(perm))
+
+
+def test_invalid_modes_and_single_task(rows):
+    with pytest.raises(ValueError, match="instruction_mode"):
+        task_instructions(rows, instruction_mode="random")
+    one_task = [r for r in rows if r["task"] == rows[0]["task"]]
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        task_instructions(one_task, instruction_mode="shuffled")
+
+
+def test_evaluate_model_metrics_and_limits(dirs, suite, tmp_path):
+    result = evaluate_model(dirs["tagi"], suite, max_instances_per_task=2, output=tmp_path / "m.json", **GEN)
+    assert result["n"] == 2 * result["num_tasks"] and all(v["n"] == 2 for v in result["per_task"].values())
+    assert json.loads((tmp_path / "m.json").read_text()) == result
+    with pytest.raises(ValueError, match="max-instances-per-task"):
+        evaluate_model(dirs["tagi"], suite, max_instances_per_task=0)
+
+
+@pytest.mark.parametrize("kind", ["tagi", "t5"])
+def test_score_fn_is_the_option_nll(loaded, kind):
+    model, tokenizer, _ = loaded[kind]
+    score_fn = make_score_fn(model, tokenizer, kind, batch_size=4)
+    instructions, inputs, options = ["Sort the words.", "Reverse."], ["cat owl", "a b"], ["cat owl", "b"]
+    scores = score_fn(instructions, inputs, options)
+    for i in range(2):
+        labels = tokenizer(options[i], return_tensors="pt")["input_ids"]
+        if kind == "tagi":
+            batch = tokenizer(format_student_input(inputs[i]), return_tensors="pt")
+            batch["adapter"] = model.generate_adapter(instructions[i], tokenizer)
+        else:
+            batch = tokenizer(format_teacher_input(instructions[i], inputs[i]), return_tensors="pt")
+        expected = option_nll(model(**batch, labels=labels).logits, labels)
+        torch.testing.assert_close(scores[i : i + 1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rank_classify_model(dirs, tmp_path):
+    result = rank_classify_model(dirs["tagi"], write_rank_jsonl(tmp_path / "rc.jsonl"), batch_size=2)
+    assert result["n"] == 2 and result["kind"] == "tagi" and set(result["per_dataset"]) == {"d1", "d2"}
+
+
+def test_adapter_cache_in_score_fn_generates_each_instruction_once(loaded, monkeypatch):
+    model, tokenizer, _ = loaded["tagi"]
+    calls, _ = _spy_instructions(monkeypatch, model)
+    score_fn = make_score_fn(model, tokenizer, "tagi")
+    score_fn(["a", "a", "b"], ["x", "y", "z"], ["cat", "dog", "cat"])
+    score_fn(["b", "c"], ["x", "y"], ["cat", "dog"])
+    assert calls == [["a", "b"], ["c"]]
+    assert isinstance(model.generate_adapter("a", tokenizer), GeneratedAdapter)
