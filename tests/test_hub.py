@@ -5,7 +5,6 @@ Every test pushes with the library's real calls (`huggingface_hub` client), pull
 """
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, hf_hub_download, snapshot_download
 from peft import AutoPeftModelForSeq2SeqLM, LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModel, T5ForConditionalGeneration
+from transformers import AutoModel, AutoTokenizer, T5ForConditionalGeneration
 
 from tagi_hf import TagiModel
 from tagi_hf.hub import (
@@ -70,7 +69,7 @@ def card_of(repo_id: str, subfolder: str | None = None) -> ModelCard:
 
 def test_generator_push_then_load_gives_identical_outputs(hub_env, tmp_path):
     model = tiny_model("cross_attention")
-    info = model.push_to_hub(GEN, license="apache-2.0")
+    info = model.push_to_hub(GEN, license="apache-2.0", tokenizer=tiny_tokenizer())
 
     [commit] = hub_env.commits(GEN)
     assert info.oid == commit.oid and commit.message == "Upload TAGI generator"
@@ -87,6 +86,8 @@ def test_generator_push_then_load_gives_identical_outputs(hub_env, tmp_path):
         loaded = loader.from_pretrained(GEN)
         assert type(loaded) is TagiModel and not loaded.training
         assert torch.equal(logits(loaded, **instructions), expected)
+    text = INSTRUCTIONS[0]
+    assert AutoTokenizer.from_pretrained(GEN)(text).input_ids == tiny_tokenizer()(text).input_ids  # same commit
     card = card_of(GEN)
     assert card.data.library_name == "transformers" and card.data.base_model == "tiny-t5"
     assert card.data.license == "apache-2.0" and "tagi" in card.data.tags
@@ -148,7 +149,7 @@ def test_adapter_push_is_one_commit_that_peft_loads(hub_env, tmp_path):
 
 def test_many_adapters_in_one_commit_each_loads_from_its_subfolder(hub_env):
     model, adapters = generated("cross_attention")
-    base = push_backbone(model)
+    push_backbone(model)
     push_adapters_to_hub(adapters, REPO, names=["reverse", "sort", "first"], generator_repo=GEN)
 
     [commit] = hub_env.commits(REPO)
@@ -161,9 +162,8 @@ def test_many_adapters_in_one_commit_each_loads_from_its_subfolder(hub_env):
         "first": ("first", INSTRUCTIONS[2]),
     }
     for name, adapter in zip(index, adapters):
-        peft_model = PeftModel.from_pretrained(base, REPO, subfolder=name).eval()
-        assert torch.equal(logits(peft_model), logits(adapter.to_peft_model(base_copy(base))))
-        base = peft_model.unload()
+        peft_model = PeftModel.from_pretrained(fresh_base(), REPO, subfolder=name).eval()
+        assert torch.equal(logits(peft_model), logits(adapter.to_peft_model(fresh_base())))  # the LoRA part
         assert card_of(REPO, name).data.base_model == BASE
     pulled = load_adapters(REPO)
     assert list(pulled) == ["reverse", "sort", "first"]
@@ -173,10 +173,8 @@ def test_many_adapters_in_one_commit_each_loads_from_its_subfolder(hub_env):
     assert "| `sort` | sort in alphabetical order |" in card_of(REPO).text
 
 
-def base_copy(base: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
-    copy = T5ForConditionalGeneration(base.config).eval()
-    copy.load_state_dict(base.state_dict())
-    return copy
+def fresh_base() -> T5ForConditionalGeneration:
+    return T5ForConditionalGeneration.from_pretrained(BASE).eval()  # from the local cache after the first call
 
 
 def test_push_generated_pushes_what_the_cli_wrote(hub_env, tmp_path):
@@ -218,17 +216,22 @@ def test_generate_and_push_and_save_adapters_layout(hub_env, tmp_path):
 # ------------------------------------------------------------------------------------------------ teachers
 
 
+def tiny_t5() -> T5ForConditionalGeneration:
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(tiny_text_config()).eval()
+
+
 def write_teacher_bank(root: Path) -> dict[str, PeftModel]:
     """Two PEFT LoRA teachers in the bank layout; the second's config does not name its base (peft writes None)."""
     teachers = {}
     for i, (key, sub) in enumerate([("task_a", "task_a"), ("task b", "task_b")]):
-        torch.manual_seed(i)
-        t5 = T5ForConditionalGeneration(tiny_text_config()).eval()
         config = LoraConfig(task_type="SEQ_2_SEQ_LM", target_modules=["q", "v"], r=2, init_lora_weights=False)
-        teacher = get_peft_model(t5, config).eval()
-        teacher.peft_config["default"].base_model_name_or_path = BASE if i == 0 else None
-        teacher.save_pretrained(root / sub)
-        teachers[key] = teacher
+        model = tiny_t5()
+        torch.manual_seed(10 + i)
+        teachers[key] = get_peft_model(model, config).eval()
+        teachers[key].save_pretrained(root / sub)
+    config_a = json.loads((root / "task_a" / "adapter_config.json").read_text())
+    (root / "task_a" / "adapter_config.json").write_text(json.dumps({**config_a, "base_model_name_or_path": BASE}))
     (root / "task_a" / "tagi_teacher.json").write_text(json.dumps({"key": "task_a", "num_instances": 12}))
     index = {"group_by": "task", "base_model_name_or_path": BASE, "teachers": {"task_a": "task_a", "task b": "task_b"}}
     (root / "teachers.json").write_text(json.dumps(index))
@@ -248,9 +251,7 @@ def test_teacher_bank_push_is_one_commit_and_each_teacher_loads(hub_env, tmp_pat
     assert json.loads(pushed["task_b/adapter_config.json"])["base_model_name_or_path"] == BASE  # filled in
     assert json.loads(before["task_b/adapter_config.json"])["base_model_name_or_path"] is None
     for key, sub in [("task_a", "task_a"), ("task b", "task_b")]:
-        base = T5ForConditionalGeneration(tiny_text_config()).eval()
-        base.load_state_dict(teachers[key].get_base_model().state_dict(), strict=False)
-        loaded = PeftModel.from_pretrained(base, "test-user/teachers", subfolder=sub).eval()
+        loaded = PeftModel.from_pretrained(tiny_t5(), "test-user/teachers", subfolder=sub).eval()
         assert torch.equal(logits(loaded), logits(teachers[key]))
         card = card_of("test-user/teachers", sub)
         assert card.data.base_model == BASE and "teacher-adapter" in card.data.tags and f"`{key}`" in card.text
@@ -266,7 +267,7 @@ def test_pulled_teacher_bank_is_readable_by_the_teacher_bank(hub_env, tmp_path):
     write_teacher_bank(tmp_path / "bank")
     push_teachers_to_hub(tmp_path / "bank", "test-user/teachers")
     bank = TeacherBank.from_directory(snapshot_download("test-user/teachers"))
-    assert sorted(bank.keys()) == ["task b", "task_a"]
+    assert "task b" in bank and "task_a" in bank and bank.teacher("task b").rank == 2
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -319,9 +320,10 @@ def test_existing_repo_gets_a_second_commit(hub_env):
     adapters[1].push_to_hub(REPO)  # unchanged content: no error (and nothing new to commit)
 
 
-def test_push_to_a_branch(hub_env):
+def test_push_to_a_branch_of_a_private_repo(hub_env):
     _, adapters = generated("none")
-    adapters[0].push_to_hub(REPO, revision="dev")
+    adapters[0].push_to_hub(REPO, revision="dev", private=True)
+    assert hub_env.repo(REPO).private
     assert "adapter_config.json" in hub_env.files(REPO, "dev")
     assert "adapter_config.json" not in hub_env.files(REPO)
 
@@ -334,7 +336,8 @@ def test_failed_upload_lists_the_files_and_leaves_local_files_untouched(hub_env,
     with pytest.raises(HubUploadError) as error:
         push_generated(tmp_path / "out", REPO)
 
-    expected = sorted(["README.md", "index.json", *(f"{n}/{f}" for n in "ab" for f in _adapter_files())])
+    per_adapter = ("README.md", "adapter_config.json", "adapter_model.safetensors", "tagi_adapter.json")
+    expected = sorted(["README.md", "index.json", *(f"{n}/{f}" for n in "ab" for f in per_adapter)])
     assert error.value.files == expected and error.value.repo_id == REPO
     assert all(f"  - {path}" in str(error.value) for path in expected)
     assert "500" in str(error.value)
@@ -343,14 +346,8 @@ def test_failed_upload_lists_the_files_and_leaves_local_files_untouched(hub_env,
 
     hub_env.fail_commits = False  # fixing the cause and pushing again works
     push_generated(tmp_path / "out", REPO)
-    assert (
-        hashlib.sha256(hub_env.files(REPO)["a/adapter_model.safetensors"]).digest()
-        == hashlib.sha256(before["out/a/adapter_model.safetensors"]).digest()
-    )
-
-
-def _adapter_files() -> tuple[str, ...]:
-    return ("README.md", "adapter_config.json", "adapter_model.safetensors", "tagi_adapter.json")
+    assert len(hub_env.commits(REPO)) == 1
+    assert hub_env.files(REPO)["a/adapter_model.safetensors"] == before["out/a/adapter_model.safetensors"]
 
 
 def test_bad_names_and_bad_banks_are_refused(tmp_path):
@@ -366,3 +363,5 @@ def test_bad_names_and_bad_banks_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="holds no adapters"):
         push_generated(tmp_path, REPO)
+    with pytest.raises(ValueError, match="`generator_repo` must be"):
+        adapters[0].push_to_hub(REPO, generator_repo=str(tmp_path))

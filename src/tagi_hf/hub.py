@@ -1,19 +1,13 @@
 """Publishing on the Hugging Face Hub: TAGI generators, generated adapters (one per repo or many) and teacher LoRAs.
 
-Every push checks what it can before any network call (adapters name a loadable base model, a token is available,
-the repo id is valid), stages what it writes in a temporary directory (the caller's files are only read), and makes
-exactly **one commit** (the repo is created if needed, `exist_ok` semantics). If the upload fails, a
-[`HubUploadError`] lists the files that did not go up.
+Every push checks what it can before any network call (adapters name a Hub base model, a token is available, the
+repo id is valid), only reads the caller's files, and makes exactly **one commit** (creating the repo if needed,
+`exist_ok` semantics). If the upload fails, [`HubUploadError`] lists the files that did not go up.
 
-Repo layouts:
-
-- generator: `save_pretrained` output (config, safetensors, the remote-code `.py` files) + a generated card;
-- one adapter: a standard PEFT LoRA directory (+ `tagi_adapter.json`, instruction states with fusion) + card;
-- many adapters: one such directory per subfolder, an `index.json` (`{"adapters": {name: {"subfolder",
-  "instruction", ...}}}`) and a top card; [`save_adapters`] writes the same layout locally, [`load_adapters`]
-  reads it back from a directory or a repo;
-- teachers: the teacher bank directory as written (`teachers.json` + one PEFT directory per key), with a card
-  per teacher and a top card.
+Layouts: a generator is its `save_pretrained` output (with the remote-code `.py` files) + card; an adapter is a PEFT
+LoRA directory (+ `tagi_adapter.json`, instruction states with fusion) + card; many adapters are one such directory
+per subfolder + `index.json` (`{"adapters": {name: {"subfolder", "instruction", ...}}}`) + a top card (locally:
+[`save_adapters`], [`load_adapters`]); teachers are the bank as written (`teachers.json` + a PEFT directory per key).
 
 Example:
 
@@ -69,9 +63,6 @@ class HubUploadError(RuntimeError):
         )
 
 
-# ------------------------------------------------------------------------------------------------ checks
-
-
 def _require_token(token: str | bool | None) -> str:
     """The token to push with; refuses before any network call when there is none."""
     resolved = get_token() if token is None or token is True else token
@@ -108,6 +99,8 @@ def _release(
 ) -> GeneratedAdapter:
     """The adapter as published: base model checked, provenance set, local generator paths not leaked."""
     check_base_model(adapter.base_model_name_or_path)
+    if generator_repo is not None and not _is_hub_id(generator_repo):
+        raise ValueError(f"`generator_repo` must be the generator's Hub repo id, got {generator_repo!r}.")
     generator = generator_repo or adapter.generator_name_or_path
     return dataclasses.replace(
         adapter,
@@ -137,9 +130,6 @@ def _default_name(index: int, instruction: str | None) -> str:
     return f"{index:03d}-{slug}" if slug else f"{index:03d}"
 
 
-# ------------------------------------------------------------------------------------------------ upload
-
-
 def _folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
     """`{path in repo: local file}` for every file under `folder`."""
     return {
@@ -152,15 +142,14 @@ def _folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
 def _push_files(
     files: Mapping[str, Path | bytes],
     repo_id: str,
-    *,
     token: str,
-    commit_message: str,
-    private: bool | None = None,
-    revision: str | None = None,
-    commit_description: str | None = None,
-    create_pr: bool = False,
+    message: str,
+    *,
+    private: bool | None,
+    revision: str | None,
+    **commit_kwargs: Any,
 ) -> CommitInfo:
-    """Creates the repo (and branch) if needed and uploads `files` in one commit."""
+    """Creates the repo (and branch) if needed and uploads `files` in one commit (extra keywords: `create_commit`)."""
     api = HfApi(token=token)
     operations = [
         CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(source) if isinstance(source, Path) else source)
@@ -170,19 +159,9 @@ def _push_files(
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision and revision != "main" and not revision.startswith("refs/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        return api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message,
-            commit_description=commit_description,
-            revision=revision,
-            create_pr=create_pr,
-        )
+        return api.create_commit(repo_id, operations, commit_message=message, revision=revision, **commit_kwargs)
     except Exception as error:  # every failure means the same to the caller: nothing was committed
         raise HubUploadError(repo_id, sorted(files), error) from error
-
-
-# ------------------------------------------------------------------------------------------------ generator
 
 
 def push_model_to_hub(
@@ -220,19 +199,10 @@ def push_model_to_hub(
             card = model_card if isinstance(model_card, ModelCard) else ModelCard.load(Path(model_card))
         card.save(folder / "README.md")
         message = commit_message or "Upload TAGI generator"
+        options = {"commit_description": commit_description, "create_pr": create_pr}
         return _push_files(
-            _folder_files(folder),
-            repo_id,
-            token=token,
-            commit_message=message,
-            private=private,
-            revision=revision,
-            commit_description=commit_description,
-            create_pr=create_pr,
+            _folder_files(folder), repo_id, token, message, private=private, revision=revision, **options
         )
-
-
-# ------------------------------------------------------------------------------------------------ adapters
 
 
 def push_adapter_to_hub(
@@ -260,9 +230,7 @@ def push_adapter_to_hub(
         adapter.save_pretrained(folder)
         adapter_model_card(adapter, repo_id=repo_id, license=license).save(folder / "README.md")
         message = commit_message or "Upload TAGI generated adapter"
-        return _push_files(
-            _folder_files(folder), repo_id, token=token, commit_message=message, private=private, revision=revision
-        )
+        return _push_files(_folder_files(folder), repo_id, token, message, private=private, revision=revision)
 
 
 def save_adapters(
@@ -348,9 +316,7 @@ def push_adapters_to_hub(
             list(named.values()), Path(tmp) / "adapters", names=list(named), repo_id=repo_id, license=license
         )
         message = commit_message or f"Upload {len(named)} TAGI generated adapters"
-        return _push_files(
-            _folder_files(folder), repo_id, token=token, commit_message=message, private=private, revision=revision
-        )
+        return _push_files(_folder_files(folder), repo_id, token, message, private=private, revision=revision)
 
 
 def push_generated(
@@ -398,9 +364,6 @@ def generate_and_push(
     if single:
         return push_adapter_to_hub(adapters[0], repo_id, **push_kwargs)
     return push_adapters_to_hub(adapters, repo_id, names=names, **push_kwargs)
-
-
-# ------------------------------------------------------------------------------------------------ teachers
 
 
 def _read_teachers_index(teacher_dir: Path) -> dict[str, Any]:
@@ -463,4 +426,4 @@ def push_teachers_to_hub(
     token = _require_token(token)
     validate_repo_id(repo_id)
     message = commit_message or f"Upload {len(index['teachers'])} TAGI teacher adapters"
-    return _push_files(files, repo_id, token=token, commit_message=message, private=private, revision=revision)
+    return _push_files(files, repo_id, token, message, private=private, revision=revision)

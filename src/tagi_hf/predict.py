@@ -194,9 +194,7 @@ def predict(
             raise ValueError(f"`{name}` must be >= 1, got {value}.")
     rows = list(dataset)
     instructions = task_instructions(rows, setting=setting, instruction_mode=instruction_mode, seed=seed)
-    by_task: dict[str, list[int]] = {task: [] for task in instructions}
-    for index, row in enumerate(rows):
-        by_task[row["task"]].append(index)
+    by_task = _indices_by_task(rows)
     adapters = _task_adapters(model, tokenizer, instructions, batch_size) if kind == "tagi" else {}
     predictions: list[str] = [""] * len(rows)
     generation = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
@@ -212,6 +210,14 @@ def predict(
                     predictions[i] = text
                 bar.update(len(chunk))
     return [_prediction_record(row, text) for row, text in zip(rows, predictions)]
+
+
+def _indices_by_task(rows: Sequence[Row]) -> dict[str, list[int]]:
+    """Row indices of each task, tasks in order of first appearance."""
+    by_task: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_task.setdefault(row["task"], []).append(index)
+    return by_task
 
 
 def _generate(model, tokenizer, instruction: str, inputs: list[str], state, max_source_length: int, generation: dict):

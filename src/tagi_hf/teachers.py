@@ -1,14 +1,10 @@
-"""Stage 0 of TAGI: the teachers (paper §3.3, method "Training", Stage 0).
+"""Stage 0 of TAGI, the teachers: [`train_lora_teachers`] trains one PEFT LoRA per task (or category), the weight
+updates `L_ins` aligns the generator with, read back by [`TeacherBank`]; [`train_multitask_baseline`] fine-tunes the
+backbone with the instruction in its input (Tk-Instruct): the instruction-in-context baseline and `L_kl`'s teacher.
 
-- [`train_lora_teachers`]: one PEFT LoRA adapter per task (or per category), trained on that task's instances by
-  instance training; their weight updates are what the generator is aligned to (`L_ins`). Stored as ordinary PEFT
-  adapter directories plus a `teachers.json` index, and read back by [`TeacherBank`].
-- [`train_multitask_baseline`]: the backbone fully fine-tuned with the instruction in its input (Tk-Instruct), the
-  instruction-in-context baseline and the logit teacher of `L_kl`.
-
-A LoRA teacher reads the instance input *without* the instruction ([`format_student_input`]), exactly like the
-student: an adapter trained on one task already knows its task, and its update should encode what the student's
-generated adapter must encode, not how to read an instruction the student never sees.
+A LoRA teacher reads the instance input *without* the instruction ([`format_student_input`]), like the student: an
+adapter trained on one task already knows its task, so its update encodes what the student's generated adapter must
+encode, not how to read an instruction the student never sees.
 """
 
 from __future__ import annotations
@@ -54,6 +50,7 @@ logger = logging.get_logger(__name__)
 __all__ = ["TEACHER_INDEX", "TeacherBank", "teacher_target_modules", "train_lora_teachers", "train_multitask_baseline"]
 
 TEACHER_INDEX = "teachers.json"
+TEACHER_INFO = "tagi_teacher.json"  # per adapter: key, group_by, num_instances, train_loss
 GROUP_BY = ("task", "category")
 
 Backbone = str | os.PathLike | T5ForConditionalGeneration
@@ -61,8 +58,8 @@ Backbone = str | os.PathLike | T5ForConditionalGeneration
 
 def teacher_target_modules(config: PretrainedConfig, projections: Sequence[str] = ("q", "v")) -> list[str]:
     """
-    Exact PEFT module names of `projections` in every attention of a T5 (encoder self-attention, decoder
-    self-attention, decoder cross-attention): the modules a TAGI generator adapts, in [`lora_targets`] order.
+    Exact PEFT names of `projections` in every attention of a T5 (encoder self, decoder self, decoder cross): the
+    modules the TAGI generator adapts, in [`lora_targets`] order.
 
     Example:
 
@@ -73,18 +70,15 @@ def teacher_target_modules(config: PretrainedConfig, projections: Sequence[str] 
     ```
     """
     text_config = copy.deepcopy(config)  # TagiConfig may fill in `decoder_start_token_id`: leave the caller's alone
-    tagi = TagiConfig(
-        text_config=text_config, fusion="none", lora_target_modules=list(projections), fusion_num_heads=1
-    )
+    kwargs = dict(fusion="none", fusion_num_heads=1, lora_target_modules=list(projections))
+    tagi = TagiConfig(text_config=text_config, **kwargs)
     return [target.name for target in lora_targets(tagi)]
 
 
 def _dir_name(key: str) -> str:
-    """A directory name for a teacher key; keys that need changing (`Synthetic -> a>b`) get a hash to stay unique."""
+    """A directory name for a key; a key that needs changing (`Synthetic -> a>b`) gets a hash to stay unique."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:100]
-    if safe == key:
-        return key
-    return f"{safe or 'teacher'}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return key if safe == key else f"{safe or 'teacher'}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def _load_backbone(backbone: Backbone) -> tuple[T5ForConditionalGeneration, str | None]:
@@ -96,7 +90,7 @@ def _load_backbone(backbone: Backbone) -> tuple[T5ForConditionalGeneration, str 
 
 @dataclass
 class _Seq2SeqCollator:
-    """Keeps what a plain seq2seq forward reads from a [`TagiDataCollator`] batch: the student or teacher source."""
+    """Keeps what a plain T5 forward reads from a [`TagiDataCollator`] batch: the student's or the teacher's source."""
 
     collator: TagiDataCollator
     source: str = "student"  # "student": instance alone; "teacher": instruction + instance
@@ -106,23 +100,15 @@ class _Seq2SeqCollator:
         prefix = "teacher_" if self.source == "teacher" else ""
         return {
             "input_ids": batch[f"{prefix}input_ids"],  # (batch, src_len)
-            "attention_mask": batch[f"{prefix}attention_mask"],
+            "attention_mask": batch[f"{prefix}attention_mask"],  # (batch, src_len)
             "labels": batch["labels"],  # (batch, tgt_len)
         }
 
 
-def _training_args(
-    output_dir: str | Path, extra: Mapping[str, Any] | None = None, **kwargs
-) -> Seq2SeqTrainingArguments:
-    defaults = dict(
-        output_dir=os.fspath(output_dir),
-        remove_unused_columns=False,  # the collator reads the raw text columns
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        save_strategy="no",
-        logging_steps=max(1, kwargs["max_steps"] // 10),
-        data_seed=kwargs["seed"],
-    )
+def _training_args(output_dir: str | Path, extra: Mapping[str, Any] | None, **kwargs) -> Seq2SeqTrainingArguments:
+    defaults = dict(output_dir=os.fspath(output_dir), report_to=[], use_cpu=not torch.cuda.is_available())
+    defaults.update(save_strategy="no", logging_steps=max(1, kwargs["max_steps"] // 10), data_seed=kwargs["seed"])
+    defaults["remove_unused_columns"] = False  # the collator reads the raw text columns
     return Seq2SeqTrainingArguments(**{**defaults, **kwargs, **(extra or {})})
 
 
@@ -135,13 +121,13 @@ def _train(model: nn.Module, args: Seq2SeqTrainingArguments, dataset: Dataset, c
 
 def _train_teacher(model, lora_config: LoraConfig, dataset: Dataset, collator, path: Path, info: dict, **args):
     """Trains one teacher on `model`, saves it to `path` atomically, and returns `model` without its LoRA layers."""
-    set_seed(args["seed"])  # the LoRA init depends only on the seed, not on the teachers trained before
+    set_seed(args["seed"])  # the LoRA init depends on the seed only, not on the teachers trained before
     peft_model = get_peft_model(model, copy.deepcopy(lora_config))
     with tempfile.TemporaryDirectory() as scratch:
         info["train_loss"] = _train(peft_model, _training_args(scratch, **args), dataset, collator)
     with atomic_directory(path) as tmp:
         peft_model.save_pretrained(tmp)
-        (tmp / "tagi_teacher.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        (tmp / TEACHER_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     logger.info(f"Saved teacher `{info['key']}` (train loss {info['train_loss']:.4f}) to {path}.")
     return peft_model.unload()  # the bare backbone again: the next teacher starts from it, untouched
 
@@ -185,32 +171,28 @@ def train_lora_teachers(
     training_kwargs: Mapping[str, Any] | None = None,
 ) -> TeacherBank:
     """
-    Train one LoRA teacher per task (or category) of `train_dataset` and save them as PEFT adapter directories.
+    Train one LoRA teacher per task (or category) of `train_dataset` and save each as a PEFT adapter directory.
 
     Each teacher is `get_peft_model` on a private working copy of the backbone, trained with `Seq2SeqTrainer` on its
     group's instances (input without the instruction, see the module docstring), saved atomically to
-    `output_dir/<key>/` and removed again with `unload()`, so teachers never see each other's weights and the caller's
-    backbone is untouched. `output_dir/teachers.json` indexes them. Keys already saved are skipped, so re-running
-    continues where a previous run stopped.
+    `output_dir/<key>/` and taken off again with `unload()`: teachers never see each other's weights and the caller's
+    backbone is never touched. `output_dir/teachers.json` indexes them. Keys already saved are skipped, so a rerun
+    continues where a previous run stopped (with the settings those teachers were trained with).
 
     Args:
         backbone (`str`, `os.PathLike` or [`~transformers.T5ForConditionalGeneration`]): the frozen backbone.
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]): its tokenizer.
-        train_dataset (`datasets.Dataset`): rows of [`load_sni`] (`task`, `category`, `definition`,
-            `positive_examples`, `input`, `outputs`).
+        train_dataset (`datasets.Dataset`): rows of [`load_sni`] (`task`, `category`, `input`, `outputs`, ...).
         output_dir (`str` or `os.PathLike`): where the adapters and `teachers.json` go.
         group_by (`str`, defaults to `"task"`): `"task"` (one teacher per task) or `"category"`.
-        rank (`int`, defaults to 8): LoRA rank `r`.
+        rank (`int`, defaults to 8): LoRA rank `r` (paper: 32, like the generated adapters).
         lora_alpha (`float`, *optional*): LoRA alpha; defaults to `2 * rank` as in the paper.
-        target_modules (`list[str]`, *optional*): exact PEFT module names; defaults to q and v of every attention
-            ([`teacher_target_modules`]), the modules the TAGI generator adapts.
-        max_steps, learning_rate, per_device_train_batch_size, seed: per-teacher training (paper: 10k steps,
-            lr 1e-4, batch 8x2).
+        target_modules (`list[str]`, *optional*): exact PEFT names; defaults to [`teacher_target_modules`].
+        max_steps, learning_rate, per_device_train_batch_size, seed: per teacher (paper: 10k, 1e-4, 8x2).
         max_input_length, max_target_length (`int`): tokens kept of an input and of a target.
-        keys (`list[str]`, *optional*): train only these tasks (categories).
+        keys (`list[str]`, *optional*): train only these tasks (or categories).
         base_model_name_or_path (`str`, *optional*): written into the adapters; defaults to the backbone's path.
-        training_kwargs (`Mapping`, *optional*): extra [`~transformers.Seq2SeqTrainingArguments`] fields (`bf16`,
-            `gradient_accumulation_steps`, ...).
+        training_kwargs (`Mapping`, *optional*): extra [`~transformers.Seq2SeqTrainingArguments`] (`bf16`, ...).
 
     Returns:
         [`TeacherBank`]: the bank at `output_dir`.
@@ -219,7 +201,6 @@ def train_lora_teachers(
 
     ```python
     >>> bank = train_lora_teachers("t5-base", tokenizer, data["train"], "teachers", rank=32)  # doctest: +SKIP
-    >>> bank.lora_factors(["task001_quoref_question_generation"])  # doctest: +SKIP
     ```
     """
     if group_by not in GROUP_BY:
@@ -233,16 +214,11 @@ def train_lora_teachers(
     model.name_or_path = name or ""  # our copy: get_peft_model writes this name into every adapter config
     output_dir = Path(output_dir)
     index = _read_index(output_dir, group_by, name)
-    lora_config = LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank if lora_alpha is None else lora_alpha,
-        target_modules=target_modules or teacher_target_modules(model.config),
-        lora_dropout=0.0,
-        task_type="SEQ_2_SEQ_LM",
-    )
-    data_collator = TagiDataCollator(
-        tokenizer, max_input_length=max_input_length, max_target_length=max_target_length, teacher_inputs=False
-    )
+    targets = target_modules or teacher_target_modules(model.config)
+    alpha = 2 * rank if lora_alpha is None else lora_alpha
+    lora_config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, task_type="SEQ_2_SEQ_LM")
+    lengths = dict(max_input_length=max_input_length, max_target_length=max_target_length)
+    collator = _Seq2SeqCollator(TagiDataCollator(tokenizer, teacher_inputs=False, **lengths))
     args = dict(extra=training_kwargs, max_steps=max_steps, learning_rate=learning_rate, seed=seed)
     args["per_device_train_batch_size"] = per_device_train_batch_size
     todo = keys if keys is not None else sorted(groups)
@@ -253,8 +229,7 @@ def train_lora_teachers(
         else:
             logger.info(f"Training teacher {number}/{len(todo)} `{key}` on {len(groups[key])} instances.")
             info = {"key": key, "group_by": group_by, "num_instances": len(groups[key])}
-            dataset = train_dataset.select(groups[key])
-            model = _train_teacher(model, lora_config, dataset, _Seq2SeqCollator(data_collator), path, info, **args)
+            model = _train_teacher(model, lora_config, train_dataset.select(groups[key]), collator, path, info, **args)
         index["teachers"][key] = path.name
         atomic_write_text(output_dir / TEACHER_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return TeacherBank.from_directory(output_dir)
@@ -262,17 +237,16 @@ def train_lora_teachers(
 
 class TeacherBank:
     """
-    The LoRA teachers written by [`train_lora_teachers`]: weight-update targets for `L_ins`.
+    The LoRA teachers written by [`train_lora_teachers`]: the weight updates `L_ins` aligns the generator with.
 
-    Teachers are read lazily with `safetensors` and kept in memory on the CPU (at most `cache_size` of them when
-    given, least recently used dropped first).
+    Teachers are read lazily with `safetensors` (never pickle) and kept on the CPU (the `cache_size` last used).
 
     Example:
 
     ```python
     >>> bank = TeacherBank.from_directory("teachers")  # doctest: +SKIP
-    >>> bank.check_compatible(backbone)  # doctest: +SKIP
-    >>> factors = bank.lora_factors(batch["task_keys"], device="cuda")  # doctest: +SKIP
+    >>> bank.check_compatible(tagi_model)  # doctest: +SKIP
+    >>> factors = bank.lora_factors([bank.key_for(task, category)], device="cuda")  # doctest: +SKIP
     >>> factors["encoder.block.0.layer.0.SelfAttention.q"].A.shape  # (batch, r, d_in)  # doctest: +SKIP
     ```
     """
@@ -297,9 +271,6 @@ class TeacherBank:
     def keys(self) -> list[str]:
         return sorted(self._subdirs)
 
-    def __len__(self) -> int:
-        return len(self._subdirs)
-
     def __contains__(self, key: object) -> bool:
         return key in self._subdirs
 
@@ -314,7 +285,7 @@ class TeacherBank:
         return self.path / self._subdirs[key]
 
     def teacher(self, key: str) -> GeneratedAdapter:
-        """One teacher's factors `{module: (A (r, in), B (out, r))}` and alpha, on the CPU (cached)."""
+        """One teacher: factors `{module: (A (r, d_in), B (d_out, r))}` and alpha, on the CPU (cached)."""
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -341,8 +312,8 @@ class TeacherBank:
 
         Returns:
             `dict[str, LoraFactors]`: A `(batch, r, d_in)`, B `(batch, d_out, r)` and scaling `alpha / r` (a float,
-            or a `(batch,)` tensor when the teachers' scalings differ). Teachers of different ranks are zero-padded
-            to the largest rank, which leaves every update `B A` unchanged.
+            or a `(batch,)` tensor when the teachers' scalings differ). Teachers of lower rank are zero-padded to
+            the largest rank, which leaves their update `B A` unchanged.
         """
         if not keys:
             raise ValueError("`keys` must name at least one teacher.")
@@ -367,7 +338,7 @@ class TeacherBank:
         self, target: Mapping[str, tuple[int, int]] | nn.Module, keys: Sequence[str] | None = None
     ) -> None:
         """
-        Raises `ValueError` unless every teacher adapts every target module with the right shape.
+        Raises `ValueError` unless every teacher adapts every target module, with the right shape.
 
         Args:
             target (`Mapping[str, tuple[int, int]]` or `nn.Module`): `{module: (d_out, d_in)}` of the modules the
@@ -414,13 +385,22 @@ def train_multitask_baseline(
     training_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
     """
-    Fine-tune the whole backbone on instruction + input -> first output (Tk-Instruct, [`format_teacher_input`]).
+    Fine-tune the whole backbone on instruction + input -> first output ([`format_teacher_input`], Tk-Instruct).
 
-    This is the paper's instruction-in-context baseline and the logit teacher of `L_kl`. Training runs in
-    `output_dir/checkpoints` (a checkpoint every `save_steps` steps when given); with `resume=True` a run continues
-    from the last checkpoint there, and returns at once if `output_dir` already holds the final model. The final
-    model and tokenizer replace `output_dir` atomically (dropping the checkpoints), so
-    `T5ForConditionalGeneration.from_pretrained(output_dir)` loads it.
+    The paper's instruction-in-context baseline and the logit teacher of `L_kl`. Training runs in
+    `output_dir/checkpoints`; then the final model and tokenizer replace `output_dir` atomically (the checkpoints go),
+    so `T5ForConditionalGeneration.from_pretrained(output_dir)` loads it.
+
+    Args:
+        backbone, tokenizer, train_dataset: as in [`train_lora_teachers`] (the caller's model is not modified).
+        output_dir (`str` or `os.PathLike`): where the trained model goes.
+        setting (`str`, defaults to `"def"`): instruction setting, `"def"` or `"def+Kpos"` ([`parse_setting`]).
+        max_steps, learning_rate, per_device_train_batch_size, seed: training (defaults: Tk-Instruct's lr 5e-5).
+        max_source_length, max_target_length (`int`): tokens kept of a source (cut in the instruction) and a target.
+        save_steps (`int`, *optional*): save a checkpoint every this many steps; none when `None`.
+        resume (`bool`, defaults to `True`): return at once if `output_dir` already holds a trained model, and
+            continue from the last checkpoint if there is one. `False` trains from scratch.
+        training_kwargs (`Mapping`, *optional*): extra [`~transformers.Seq2SeqTrainingArguments`] fields.
 
     Example:
 
@@ -429,8 +409,7 @@ def train_multitask_baseline(
     >>> teacher = T5ForConditionalGeneration.from_pretrained(path)  # doctest: +SKIP
     ```
     """
-    output_dir = Path(output_dir)
-    checkpoints = output_dir / "checkpoints"
+    output_dir, checkpoints = Path(output_dir), Path(output_dir) / "checkpoints"
     if resume and (output_dir / "config.json").exists():
         logger.info(f"`{output_dir}` already holds the trained baseline; not training again.")
         return output_dir
@@ -438,30 +417,13 @@ def train_multitask_baseline(
         shutil.rmtree(checkpoints)
     last = get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
     model, _ = _load_backbone(backbone)
-    collator = _Seq2SeqCollator(
-        TagiDataCollator(
-            tokenizer,
-            setting=setting,
-            max_input_length=max_source_length,
-            max_teacher_length=max_source_length,
-            max_target_length=max_target_length,
-        ),
-        source="teacher",
-    )
-    args = _training_args(
-        checkpoints,
-        extra=training_kwargs,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        per_device_train_batch_size=per_device_train_batch_size,
-        seed=seed,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-    )
-    logger.info(
-        f"Training the multi-task baseline ({setting}) for {max_steps} steps" + (f" from {last}." if last else ".")
-    )
-    loss = _train(model, args, train_dataset, collator, resume_from_checkpoint=last)
+    lengths = dict(max_input_length=max_source_length, max_teacher_length=max_source_length)
+    data_collator = TagiDataCollator(tokenizer, setting=setting, max_target_length=max_target_length, **lengths)
+    args = dict(max_steps=max_steps, learning_rate=learning_rate, seed=seed, save_steps=save_steps or 500)
+    args.update(per_device_train_batch_size=per_device_train_batch_size, save_strategy="steps" if save_steps else "no")
+    args = _training_args(checkpoints, extra=training_kwargs, **args)
+    logger.info(f"Training the multi-task baseline ({setting}, {max_steps} steps, resuming from {last}).")
+    loss = _train(model, args, train_dataset, _Seq2SeqCollator(data_collator, "teacher"), resume_from_checkpoint=last)
     with atomic_directory(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

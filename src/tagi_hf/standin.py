@@ -1,0 +1,111 @@
+"""The stand-in for a pretrained T5 on the synthetic suite (no pretrained T5 weights can be had offline).
+
+A small T5 is trained from scratch with a prefix-LM objective (the objective of T5-LM-adapt) on the synthetic
+corpus: random word sequences of the suite's vocabulary, and instances of **train** tasks written as text
+(`synthetic_corpus`). It never sees a test task, a held-out chain or a held-out word used as a parameter. Train
+instances appear with their definitions, so the stand-in is between LM-adapt and an instruction-tuned base (T0).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase, Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config
+from transformers import T5ForConditionalGeneration
+
+from .utils import atomic_directory
+
+
+def standin_config(vocab_size: int, *, d_model: int = 128, num_layers: int = 3, num_heads: int = 4) -> T5Config:
+    """A small T5 (LM-adapt flavour: gated GELU, untied head off as in v1.1 is not needed at this size)."""
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // num_heads,
+        d_ff=2 * d_model,
+        num_layers=num_layers,
+        num_decoder_layers=num_layers,
+        num_heads=num_heads,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
+@dataclass
+class PrefixLMCollator:
+    """Splits each text at a random token: the prefix is the input, the rest the target (T5-LM-adapt's objective)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 128
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._rng = random.Random(self.seed)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            [r["text"] for r in rows], add_special_tokens=False, truncation=True, max_length=self.max_length
+        )["input_ids"]
+        eos = [self.tokenizer.eos_token_id]
+        cuts = [self._rng.randint(1, max(1, len(ids) - 1)) for ids in encoded]
+        source = self._pad([ids[:cut] + eos for ids, cut in zip(encoded, cuts)])
+        target = self._pad([ids[cut:] + eos for ids, cut in zip(encoded, cuts)])
+        labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
+        return {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"], "labels": labels}
+
+    def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+        return self.tokenizer.pad({"input_ids": sequences}, padding="longest", return_tensors="pt")
+
+
+def pretrain_standin(
+    texts: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: str | Path,
+    *,
+    config: T5Config | None = None,
+    max_steps: int = 1000,
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+) -> Path:
+    """Trains the stand-in backbone and saves it (with the tokenizer) atomically to `output_dir`."""
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config or standin_config(len(tokenizer)))
+    output_dir = Path(output_dir)
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(output_dir.parent / f".{output_dir.name}-work"),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=max_steps // 20,
+        lr_scheduler_type="cosine",
+        weight_decay=0.01,
+        logging_steps=max(1, max_steps // 10),
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"text": texts}),
+        data_collator=PrefixLMCollator(tokenizer, seed=seed),
+    )
+    trainer.train()
+    with atomic_directory(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return output_dir
