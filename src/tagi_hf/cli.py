@@ -197,7 +197,11 @@ def _add_generate_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="Instructions per generator pass.")
     parser.add_argument("--device", default=None, help="Device; default: cuda when available, else cpu.")
-    # --- push to the Hub: reserved for the hub engineer (e.g. `--push-to-hub REPO_ID`, `--private`). ---
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="Also push what --out holds.")
+    parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    parser.add_argument(
+        "--base-model", default=None, help="Hub id of the backbone, when the model was built from a local path."
+    )
 
 
 def _read_instructions(args: argparse.Namespace) -> list[str]:
@@ -250,14 +254,23 @@ def _run_generate_adapter(args: argparse.Namespace) -> int:
     if args.instruction is not None:
         adapters[0].save_pretrained(out)
         print(f"Wrote the adapter to {out}")
-        return 0
+        return _maybe_push(args, out)
     index = []
     for i, (adapter, instruction) in enumerate(zip(adapters, instructions)):
         adapter.save_pretrained(out / f"adapter-{i:03d}")
         index.append({"index": i, "path": f"adapter-{i:03d}", "instruction": instruction})
     atomic_write_text(out / "index.json", json.dumps(index, indent=2, ensure_ascii=False) + "\n")
-    # --- push to the Hub: reserved for the hub engineer. ---
     print(f"Wrote {len(adapters)} adapters and index.json to {out}")
+    return _maybe_push(args, out)
+
+
+def _maybe_push(args: argparse.Namespace, out: Path) -> int:
+    if args.push_to_hub is None:
+        return 0
+    from .hub import push_generated
+
+    push_generated(out, args.push_to_hub, base_model_name_or_path=args.base_model, private=args.private or None)
+    print(f"Pushed {out} to {args.push_to_hub}")
     return 0
 
 
@@ -268,19 +281,20 @@ SUBCOMMANDS: list[Subcommand] = [
                _add_evaluate_arguments, _run_evaluate),
     Subcommand("generate-adapter", "Generate LoRA adapters from instructions with a TagiModel.",
                _add_generate_adapter_arguments, _run_generate_adapter),
-    # Added by others: pretrain, train, train-teachers, train-baseline, demo.
 ]  # fmt: skip
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The `tagi-hf` parser and each subcommand's parser by name."""
+    from .cli_train import TRAINING_SUBCOMMANDS
+
     parser = argparse.ArgumentParser(
         prog="tagi-hf", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {}
-    for command in SUBCOMMANDS:
+    for command in [*SUBCOMMANDS, *TRAINING_SUBCOMMANDS]:
         sub = commands.add_parser(
             command.name, help=command.help, description=command.help, formatter_class=HelpFormatter
         )

@@ -99,7 +99,7 @@ def _stage_args(s: DemoSettings, work: Path, steps: int, **kwargs) -> TagiTraini
         max_steps=steps,
         per_device_train_batch_size=s.batch_size,
         learning_rate=s.learning_rate,
-        warmup_ratio=0.02,
+        warmup_steps=max(1, steps // 50),
         lr_scheduler_type="linear",
         logging_steps=max(1, steps // 10),
         save_strategy="steps",
