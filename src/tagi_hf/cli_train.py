@@ -116,8 +116,10 @@ def _add_pretrain(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--text-file", help="Local text: one document per line.")
     source.add_argument("--dataset", help="A `datasets` dataset with a `text` column (e.g. allenai/c4).")
     source.add_argument("--synthetic-corpus", type=positive_int, help="N texts of the synthetic suite's corpus.")
-    parser.add_argument("--dataset-config", default=None, help="Dataset configuration name (e.g. en).")
-    parser.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it.")
+    parser.add_argument("--dataset-config", default=None, help="Dataset configuration name (e.g. en; '' for none).")
+    parser.add_argument("--data-files", default=None, help="Files for a file-based --dataset (text, json, ...).")
+    parser.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=False,
+                        help="Stream the dataset instead of downloading it.")  # fmt: skip
     parser.add_argument("--max-length", type=positive_int, default=1024, help="Tokens per text before a|b|c split.")
     parser.add_argument("--lora-rank", type=positive_int, default=32, help="Rank of the generated adapters.")
     parser.add_argument("--fusion", choices=("cross_attention", "none"), default="cross_attention")
@@ -134,7 +136,8 @@ def _pretraining_texts(args: argparse.Namespace):
         from .data import synthetic_corpus
 
         return Dataset.from_dict({"text": synthetic_corpus(args.seed, args.synthetic_corpus)})
-    return load_dataset(args.dataset, args.dataset_config, split="train", streaming=args.streaming)
+    return load_dataset(args.dataset, args.dataset_config or None, data_files=args.data_files, split="train",
+                        streaming=args.streaming)  # fmt: skip
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
@@ -211,7 +214,7 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-ratio", type=float, default=0.02, help="Warm-up share of the steps (paper: 2%%).")
     parser.add_argument("--save-steps", type=positive_int, default=500, help="Checkpoint every N steps (resume).")
     parser.add_argument("--logging-steps", type=positive_int, default=50, help="Log every N steps.")
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 mixed precision.")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="Activation checkpointing.")
     parser.add_argument("--work-dir", default=None, help="Checkpoints folder (default: <out>.work).")
 

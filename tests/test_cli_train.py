@@ -1,0 +1,151 @@
+"""The real-checkpoint recipe (examples/sni-t5-lm-adapt) run end to end on a tiny T5 and a tiny SNI folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+from tagi_hf import TagiModel
+from tagi_hf.cli import main
+from tagi_hf.data import train_tokenizer, write_synthetic_suite
+from tagi_hf.standin import standin_config
+
+RECIPE = Path(__file__).resolve().parents[1] / "examples" / "sni-t5-lm-adapt"
+TRAIN_TASKS = ["synth_reverse", "synth_sort", "synth_first_2"]
+TEST_TASKS = ["synth_reverse_then_upper", "synth_append_owl"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    suite = write_synthetic_suite(root / "sni", seed=0, instances_per_task=6)
+    (suite / "splits" / "default" / "train_tasks.txt").write_text("\n".join(TRAIN_TASKS) + "\n")
+    (suite / "splits" / "default" / "test_tasks.txt").write_text("\n".join(TEST_TASKS) + "\n")
+    texts = [json.loads((suite / "tasks" / f"{t}.json").read_text())["Definition"] for t in TRAIN_TASKS + TEST_TASKS]
+    texts += ["apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat"] * 4
+    tokenizer = train_tokenizer(texts * 3, vocab_size=200)
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(standin_config(len(tokenizer), d_model=32, num_layers=2))
+    t5.save_pretrained(root / "t5")
+    tokenizer.save_pretrained(root / "t5")
+    (root / "corpus.txt").write_text("\n".join(texts * 4) + "\n")
+    return root
+
+
+def _run(command, config, *overrides):
+    code = main([command, "--config", str(RECIPE / config), *map(str, overrides)])
+    assert code == 0, f"tagi-hf {command} failed"
+
+
+def test_recipe_runs_end_to_end_on_a_tiny_model(workspace):
+    w, sni = workspace, workspace / "sni"
+    small = ["--max-steps", 2, "--batch-size", 4, "--max-train-instances-per-task", 4]
+    _run("train-baseline", "baseline.yaml", "--backbone", w / "t5", "--data-dir", sni, "--out", w / "tk", *small)
+    assert T5ForConditionalGeneration.from_pretrained(w / "tk") is not None
+    _run(
+        "train-teachers",
+        "teachers.yaml",
+        "--backbone",
+        w / "t5",
+        "--data-dir",
+        sni,
+        "--out",
+        w / "teachers",
+        "--rank",
+        2,
+        *small,
+    )
+    index = json.loads((w / "teachers" / "teachers.json").read_text())
+    assert sorted(index["teachers"]) == sorted(TRAIN_TASKS)
+    _run(
+        "pretrain",
+        "pretrain.yaml",
+        "--backbone",
+        w / "t5",
+        "--out",
+        w / "s1",
+        "--dataset",
+        "text",
+        "--dataset-config",
+        "",
+        "--data-files",
+        w / "corpus.txt",
+        "--no-streaming",
+        "--max-length",
+        64,
+        "--lora-rank",
+        2,
+        "--max-steps",
+        2,
+        "--batch-size",
+        4,
+        "--save-steps",
+        1,
+        "--no-bf16",
+    )
+    stage1 = TagiModel.from_pretrained(w / "s1")
+    assert stage1.config.lora_rank == 2 and stage1.config.fusion == "cross_attention"
+    # bf16 stays on from train.yaml: the mixed-precision path runs on CPU too.
+    _run(
+        "train",
+        "train.yaml",
+        "--model",
+        w / "s1",
+        "--data-dir",
+        sni,
+        "--teacher",
+        w / "tk",
+        "--teachers",
+        w / "teachers",
+        "--out",
+        w / "tagi",
+        "--gradient-accumulation-steps",
+        2,
+        "--logging-steps",
+        1,
+        "--save-steps",
+        1,
+        *small,
+    )
+    log = json.loads((w / "tagi" / "training_log.json").read_text())
+    assert any({"loss_pred", "loss_kl", "loss_ins"} <= set(entry) for entry in log)
+    assert AutoTokenizer.from_pretrained(w / "tagi") is not None
+    _run(
+        "evaluate",
+        "evaluate.yaml",
+        "--model",
+        w / "tagi",
+        "--data-dir",
+        sni,
+        "--output",
+        w / "metrics.json",
+        "--predictions-file",
+        w / "preds.jsonl",
+        "--max-instances-per-task",
+        2,
+        "--max-new-tokens",
+        4,
+    )
+    metrics = json.loads((w / "metrics.json").read_text())
+    assert sorted(metrics["per_task"]) == sorted(TEST_TASKS) and metrics["setting"] == "def+2pos"
+    assert len((w / "preds.jsonl").read_text().splitlines()) == 4
+
+
+def test_train_refuses_missing_teachers(workspace, capsys):
+    code = main(
+        [
+            "train",
+            "--backbone",
+            str(workspace / "t5"),
+            "--data-dir",
+            str(workspace / "sni"),
+            "--out",
+            str(workspace / "x"),
+            "--lambda-ins",
+            "0",
+        ]
+    )
+    assert code == 2
+    assert "`--lambda-kl` > 0 needs `--teacher`" in capsys.readouterr().err
