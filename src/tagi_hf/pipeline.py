@@ -68,13 +68,13 @@ class DemoSettings:
     instances_per_task: int = 60
     eval_instances_per_task: int = 20
     vocab_size: int = 600
-    d_model: int = 128
-    num_layers: int = 3
-    backbone_steps: int = 1500
-    baseline_steps: int = 600
-    teacher_steps: int = 30
-    stage1_steps: int = 200
-    stage2_steps: int = 800
+    d_model: int = 96
+    num_layers: int = 2
+    backbone_steps: int = 1200
+    baseline_steps: int = 500
+    teacher_steps: int = 400  # optimiser steps of the joint run that trains every task's teacher
+    stage1_steps: int = 150
+    stage2_steps: int = 600
     batch_size: int = 32
     lora_rank: int = 8
     fusion: str = "cross_attention"
@@ -118,7 +118,8 @@ def run_demo(s: DemoSettings) -> dict:
     evaluation on held-out tasks -> an adapter for a new instruction, saved, reloaded and run."""
     from .predict import evaluate_model
     from .standin import pretrain_standin, standin_config
-    from .teachers import TeacherBank, train_lora_teachers, train_multitask_baseline
+    from .teachers import TeacherBank, train_multitask_baseline
+    from .teachers_joint import train_lora_teachers_jointly
 
     out = Path(s.out)
     if s.overwrite and out.exists():
@@ -153,15 +154,15 @@ def run_demo(s: DemoSettings) -> dict:
     )
     teachers = _stage(
         out / "teachers",
-        lambda p: train_lora_teachers(
+        lambda p: train_lora_teachers_jointly(  # 323 small tasks: one run for all (see teachers_joint.py)
             str(backbone),
             tokenizer,
             data["train"],
             p,
             rank=s.lora_rank,
             max_steps=s.teacher_steps,
-            learning_rate=1e-2,
-            per_device_train_batch_size=16,
+            learning_rate=5e-3,
+            batch_size=s.batch_size,
             seed=s.seed,
         ),
     )
