@@ -7,7 +7,6 @@ from transformers import T5ForConditionalGeneration
 
 from tagi_hf.data import TagiDataCollator, train_tokenizer
 from tagi_hf.standin import standin_config
-from tagi_hf.teachers import TeacherBank
 from tagi_hf.teachers_joint import train_lora_teachers_jointly
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog".split()

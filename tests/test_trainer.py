@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from tiny import tiny_model, tiny_tokenizer
 from transformers import T5ForConditionalGeneration, TrainerCallback
 
 from tagi_hf import TagiModel
@@ -12,6 +11,7 @@ from tagi_hf.losses import LoraFactors
 from tagi_hf.pretraining import PretrainingCollator
 from tagi_hf.trainer import TagiTrainer
 from tagi_hf.training_args import TagiTrainingArguments
+from tiny import tiny_model, tiny_tokenizer
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat".split()
 TASKS = {
@@ -183,7 +183,7 @@ def test_gradient_accumulation_is_exact(tmp_path, lambda_kl, lambda_ins):
         trainer.train_dataset = Dataset.from_list(_rows()[:8])  # one optimiser step sees the same 8 rows
         captured = {}
 
-        def capture(optimizer, *args, **kwargs):
+        def capture(optimizer, *args, captured=captured, trainer=trainer, **kwargs):
             captured.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
 
         trainer.create_optimizer_and_scheduler(num_training_steps=1)
