@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -185,10 +186,10 @@ class GeneratedAdapter:
         """Loads an adapter written by [`~GeneratedAdapter.save_pretrained`] (or any PEFT LoRA directory)."""
         path = Path(path)
         config = LoraConfig.from_pretrained(path)
-        state = load_file(path / ADAPTER_WEIGHTS)
+        state = _load_safetensors(path / ADAPTER_WEIGHTS)
         factors = _factors_from_peft(state, path)
         meta = json.loads((path / PROVENANCE).read_text()) if (path / PROVENANCE).exists() else {}
-        states = load_file(path / INSTRUCTION_STATES)["instruction_states"] if meta.get("fusion") else None
+        states = _load_safetensors(path / INSTRUCTION_STATES)["instruction_states"] if meta.get("fusion") else None
         return cls(
             lora_factors=factors,
             lora_alpha=config.lora_alpha,
@@ -199,6 +200,14 @@ class GeneratedAdapter:
             generator_name_or_path=meta.get("generator_name_or_path"),
             generator_revision=meta.get("generator_revision"),
         )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file` (no pickle, no code), with an error naming the file when it is damaged."""
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise ValueError(f"`{path}` is not a valid safetensors file (truncated or corrupted?): {error}") from error
 
 
 def _factors_from_peft(state: dict[str, torch.Tensor], path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

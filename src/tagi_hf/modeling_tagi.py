@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from huggingface_hub import CommitInfo
+from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, T5ForConditionalGeneration
 from transformers import initialization as init
@@ -158,7 +159,13 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> TagiModel:
         """Loads a saved TagiModel; the backbone comes back frozen (loading would otherwise make it trainable)."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:  # its own message names no file
+            raise ValueError(
+                f"The weights of `{pretrained_model_name_or_path}` (model*.safetensors) are not a valid safetensors "
+                f"file (truncated or corrupted?): {error}"
+            ) from error
         model.set_trainable()
         return model
 
@@ -172,6 +179,12 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         config_kwargs.setdefault("base_model_name_or_path", str(name_or_path))
         config = TagiConfig(text_config=backbone.config, **config_kwargs)
         return cls(config, backbone=backbone)
+
+    def get_input_embeddings(self) -> nn.Module:  # FSDP2 (accelerate) and resizing look the embeddings up here
+        return self.backbone.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
 
     def push_to_hub(self, repo_id: str, **kwargs) -> CommitInfo:
         """Pushes config, safetensors, remote code and a generated TAGI card in one commit (`import tagi_hf` then

@@ -113,97 +113,114 @@ def _stage_args(s: DemoSettings, work: Path, steps: int, **kwargs) -> TagiTraini
     )
 
 
+class SyntheticRecipe:
+    """The stages of the TAGI recipe on the synthetic suite, each cached in its own directory under `s.out`.
+
+    `run_demo` chains them once; the quality benchmark reuses them to train every method and ablation on the same
+    data, backbone and teachers.
+    """
+
+    def __init__(self, s: DemoSettings):
+        self.s = s
+        self.out = Path(s.out)
+        if s.overwrite and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data_dir = _stage(
+            # Extra instances per task stay unseen in training: held-back data for the teachers' reference score.
+            self.out / "data",
+            lambda p: write_synthetic_suite(
+                p, seed=s.seed, instances_per_task=s.instances_per_task + s.eval_instances_per_task
+            ),
+        )
+        self.train = load_sni(
+            self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",)
+        )["train"]
+        self.corpus = synthetic_corpus(s.seed, 20000)
+        tok_dir = _stage(self.out / "tokenizer", lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size))
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+
+    def backbone(self) -> Path:
+        from .standin import pretrain_standin, standin_config
+
+        s = self.s
+        config = standin_config(len(self.tokenizer), d_model=s.d_model, num_layers=s.num_layers)
+        return _stage(self.out / "backbone", lambda p: pretrain_standin(
+            self.corpus, self.tokenizer, p, config=config, max_steps=s.backbone_steps, batch_size=s.batch_size,
+            seed=s.seed))  # fmt: skip
+
+    def baseline(self, setting: str = "def") -> Path:
+        """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher."""
+        from .teachers import train_multitask_baseline
+
+        s, name = self.s, "baseline" if setting == "def" else f"baseline-{setting}"
+        return _stage(self.out / name, lambda p: train_multitask_baseline(
+            str(self.backbone()), self.tokenizer, self.train, p, setting=setting, max_steps=s.baseline_steps,
+            learning_rate=s.learning_rate, per_device_train_batch_size=s.batch_size, seed=s.seed))  # fmt: skip
+
+    def teachers(self) -> Path:
+        from .teachers_joint import train_lora_teachers_jointly
+
+        s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers_joint.py)
+        return _stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
+            str(self.backbone()), self.tokenizer, self.train, p, rank=s.lora_rank, max_steps=s.teacher_steps,
+            learning_rate=5e-3, batch_size=s.batch_size, seed=s.seed))  # fmt: skip
+
+    def fresh_tagi(self, fusion: str) -> TagiModel:
+        r = self.s.lora_rank
+        return TagiModel.from_backbone(str(self.backbone()), lora_rank=r, lora_alpha=2 * r, fusion=fusion)
+
+    def stage1(self, fusion: str) -> Path:
+        s = self.s
+        name = "tagi-stage1" if fusion == s.fusion else f"tagi-stage1-{fusion}"
+        return _stage(self.out / name, lambda p: train_tagi(
+            self.fresh_tagi(fusion), self.tokenizer, Dataset.from_dict({"text": self.corpus}), p,
+            _stage_args(s, self.out / f".work-{name}", s.stage1_steps, lambda_kl=0.0, lambda_ins=0.0),
+            data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed)))  # fmt: skip
+
+    def tagi(self, name: str = "tagi", *, setting: str = "def", fusion: str | None = None, stage1: bool = True,
+             lambda_kl: float | None = None, lambda_ins: float | None = None) -> Path:  # fmt: skip
+        """Stage 2 for one variant (defaults: the full method of the settings)."""
+        s = self.s
+        fusion = fusion or s.fusion
+        kl = s.lambda_kl if lambda_kl is None else lambda_kl
+        ins = s.lambda_ins if lambda_ins is None else lambda_ins
+
+        def build(path: Path) -> None:
+            model = TagiModel.from_pretrained(self.stage1(fusion)) if stage1 else self.fresh_tagi(fusion)
+            train_tagi(
+                model, self.tokenizer, self.train, path,
+                _stage_args(s, self.out / f".work-{name}", s.stage2_steps, lambda_kl=kl, lambda_ins=ins),
+                data_collator=TagiDataCollator(self.tokenizer, setting=setting),
+                teacher_model=T5ForConditionalGeneration.from_pretrained(self.baseline(setting)) if kl > 0 else None,
+                teacher_bank=TeacherBank.from_directory(self.teachers()) if ins > 0 else None,
+            )  # fmt: skip
+
+        from .teachers import TeacherBank
+
+        return _stage(self.out / name, build)
+
+    def evaluate(self, model_dir: Path, *, setting: str = "def", instruction_mode: str = "own") -> dict:
+        from .predict import evaluate_model
+
+        tag = f"{model_dir.name}-{setting}-{instruction_mode}"
+        return evaluate_model(
+            str(model_dir), str(self.data_dir), split="test", setting=setting, instruction_mode=instruction_mode,
+            max_instances_per_task=self.s.eval_instances_per_task, batch_size=64, max_new_tokens=32,
+            output=str(self.out / "eval" / f"metrics-{tag}.json"),
+            predictions_file=str(self.out / "eval" / f"predictions-{tag}.jsonl"), show_progress=False,
+        )  # fmt: skip
+
+
 def run_demo(s: DemoSettings) -> dict:
     """synth -> tokenizer -> stand-in backbone -> baseline (logit teacher) -> LoRA teachers -> stage 1 -> stage 2 ->
     evaluation on held-out tasks -> an adapter for a new instruction, saved, reloaded and run."""
-    from .predict import evaluate_model
-    from .standin import pretrain_standin, standin_config
-    from .teachers import TeacherBank, train_multitask_baseline
-    from .teachers_joint import train_lora_teachers_jointly
-
-    out = Path(s.out)
-    if s.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = _stage(
-        out / "data", lambda p: write_synthetic_suite(p, seed=s.seed, instances_per_task=s.instances_per_task)
-    )
-    data = load_sni(data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",))
-    corpus = synthetic_corpus(s.seed, 20000)
-    tok_dir = _stage(out / "tokenizer", lambda p: _save_tokenizer(p, data["train"], corpus, s.vocab_size))
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    config = standin_config(len(tokenizer), d_model=s.d_model, num_layers=s.num_layers)
-    backbone = _stage(
-        out / "backbone",
-        lambda p: pretrain_standin(
-            corpus, tokenizer, p, config=config, max_steps=s.backbone_steps, batch_size=s.batch_size, seed=s.seed
-        ),
-    )
-    baseline = _stage(
-        out / "baseline",
-        lambda p: train_multitask_baseline(
-            str(backbone),
-            tokenizer,
-            data["train"],
-            p,
-            max_steps=s.baseline_steps,
-            learning_rate=s.learning_rate,
-            per_device_train_batch_size=s.batch_size,
-            seed=s.seed,
-        ),
-    )
-    teachers = _stage(
-        out / "teachers",
-        lambda p: train_lora_teachers_jointly(  # 323 small tasks: one run for all (see teachers_joint.py)
-            str(backbone),
-            tokenizer,
-            data["train"],
-            p,
-            rank=s.lora_rank,
-            max_steps=s.teacher_steps,
-            learning_rate=5e-3,
-            batch_size=s.batch_size,
-            seed=s.seed,
-        ),
-    )
-    stage1 = _stage(
-        out / "tagi-stage1",
-        lambda p: train_tagi(
-            TagiModel.from_backbone(str(backbone), lora_rank=s.lora_rank, lora_alpha=2 * s.lora_rank, fusion=s.fusion),
-            tokenizer,
-            Dataset.from_dict({"text": corpus}),
-            p,
-            _stage_args(s, out / ".work-stage1", s.stage1_steps, lambda_kl=0.0, lambda_ins=0.0),
-            data_collator=PretrainingCollator(tokenizer, min_segment_length=3, seed=s.seed),
-        ),
-    )
-    tagi = _stage(
-        out / "tagi",
-        lambda p: train_tagi(
-            TagiModel.from_pretrained(stage1),
-            tokenizer,
-            data["train"],
-            p,
-            _stage_args(s, out / ".work-stage2", s.stage2_steps, lambda_kl=s.lambda_kl, lambda_ins=s.lambda_ins),
-            teacher_model=T5ForConditionalGeneration.from_pretrained(baseline),
-            teacher_bank=TeacherBank.from_directory(teachers) if s.lambda_ins > 0 else None,
-        ),
-    )
-    results = {}
-    for name, path in (("baseline (instruction in context)", baseline), ("TAGI", tagi)):
-        results[name] = evaluate_model(
-            str(path),
-            str(data_dir),
-            split="test",
-            setting="def",
-            max_instances_per_task=s.eval_instances_per_task,
-            batch_size=64,
-            max_new_tokens=32,
-            output=str(out / f"metrics-{path.name}.json"),
-        )
-    summary = {"settings": asdict(s), "results": {k: _headline(v) for k, v in results.items()}}
-    summary["adapter_demo"] = _adapter_demo(tagi, out / "adapter-demo")
-    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    recipe = SyntheticRecipe(s)
+    methods = {"baseline (instruction in context)": recipe.baseline(), "TAGI": recipe.tagi()}
+    results = {name: _headline(recipe.evaluate(path)) for name, path in methods.items()}
+    summary = {"settings": asdict(s), "results": results}
+    summary["adapter_demo"] = _adapter_demo(methods["TAGI"], recipe.out / "adapter-demo")
+    atomic_write_text(recipe.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

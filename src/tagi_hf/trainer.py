@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
 
+from .checkpoints import resolve_resume_checkpoint
 from .losses import IGNORE_INDEX, LoraFactors, _upcast, adapter_alignment_loss, distillation_kl_loss
 from .training_args import TagiTrainingArguments
 
@@ -91,9 +92,25 @@ class TagiTrainer(Seq2SeqTrainer):
         loss = token_loss * self._token_weight(tokens.to(token_loss.dtype), num_items_in_batch)
         loss = loss + self.args.lambda_ins * terms.get("loss_ins", 0.0) / self._micro_batches(num_items_in_batch)
         if model.training:
+            self._stop_if_not_finite(loss, terms)
             for name, value in terms.items():
                 self._loss_terms[name].append(value.detach().float().item())
         return (loss, outputs) if return_outputs else loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Stops at the first non-finite loss, before its gradients reach the weights or a checkpoint. Processes
+        agree first, so none is left waiting in a collective."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() == 0:
+            return
+        values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
+        raise FloatingPointError(
+            f"Non-finite training loss at step {self.state.global_step + 1} ({values} on this process): training "
+            f"stopped before the step changed any weight. Checkpoints in `{self.args.output_dir}` hold earlier steps; "
+            "resume from the last one with a lower learning rate, or use bf16 rather than fp16."
+        )
 
     def _token_weight(self, tokens: torch.Tensor, num_items_in_batch) -> torch.Tensor | float:
         """Token-mean terms weighted by this micro-batch's share of the label tokens of the whole accumulated
@@ -139,9 +156,29 @@ class TagiTrainer(Seq2SeqTrainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._loss_terms:  # a training log: add each term, averaged since the last one
             for name, values in self._loss_terms.items():
-                logs[name] = sum(values) / len(values)
+                logs[name] = self._mean_over_processes(sum(values) / len(values))
             self._loss_terms.clear()
         super().log(logs, *args, **kwargs)
+
+    def _mean_over_processes(self, value: float) -> float:
+        """Every process logs at the same steps: average its terms like Trainer averages `loss`."""
+        if self.accelerator.num_processes == 1:
+            return value
+        return self.accelerator.reduce(torch.tensor(value, device=self.args.device), reduction="mean").item()
+
+    # ------------------------------------------------------------------------------------------- saving, resuming
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; a checkpoint cut short by a crash is skipped for the newest complete one
+        ([`tagi_hf.checkpoints.resolve_resume_checkpoint`])."""
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(checkpoint, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        token, self.args.hub_token = self.args.hub_token, None  # `training_args.bin` pickles the arguments
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.args.hub_token = token
 
     # ---------------------------------------------------------------------------------------------- evaluation
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):

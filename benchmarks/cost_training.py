@@ -1,0 +1,176 @@
+"""Training step time and peak memory per method, each method in a fresh process (so peak RSS is its own).
+
+Methods (same shapes, batch size and optimizer: `torch.optim.AdamW`, lr 1e-4, over the trainable parameters):
+- `multitask_ft`: full fine-tuning of the T5 on instruction + instance (Tk-Instruct; the multi-task baseline);
+- `tagi_stage2`: TAGI stage 2, `L_pred + L_kl + L_ins` (lambda_kl = lambda_ins = 1) through `TagiTrainer.compute_loss`:
+  student forward (instruction encoder, generator, fusion, backbone on the instance), the frozen teacher's forward on
+  instruction + instance (included), the alignment with per-example teacher LoRAs (random rank-r factors held in
+  memory: reading them from a `TeacherBank` on disk is not timed);
+- `tagi_lpred`: TAGI with `L_pred` only (no teacher).
+Every example of a batch has its own instruction (a batch drawn across tasks). A step is forward + backward +
+optimizer step + `zero_grad`; the first step is a warm-up (it also allocates the optimizer state) and is not timed.
+Peak memory: on CPU the process's peak RSS (`resource.getrusage`, model construction included), on CUDA
+`torch.cuda.max_memory_allocated`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+from cost_setup import Shape, random_ids
+from transformers import T5ForConditionalGeneration
+
+from tagi_hf import TagiModel
+from tagi_hf.losses import LoraFactors
+
+TRAIN_METHODS = {
+    "multitask_ft": "multi-task FT (instruction in context, full T5)",
+    "tagi_stage2": "TAGI stage 2 (L_pred + L_kl + L_ins, teacher forward incl.)",
+    "tagi_lpred": "TAGI, L_pred only",
+}
+
+
+class RandomTeacherBank:
+    """Stands in for a `TeacherBank`: one random rank-r LoRA teacher per example, stacked once, kept in memory."""
+
+    def __init__(self, model: TagiModel, batch_size: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        rank, scaling = model.config.lora_rank, model.config.lora_scaling
+        self.factors = {}
+        for name, linear in model._lora_modules.items():
+            lora_a = torch.randn(batch_size, rank, linear.in_features, generator=gen) / linear.in_features**0.5
+            lora_b = torch.randn(batch_size, linear.out_features, rank, generator=gen) * 0.01
+            self.factors[name] = LoraFactors(lora_a, lora_b, scaling)
+
+    def key_for(self, task: str, category: str) -> str:
+        return task
+
+    def check_compatible(self, target, keys=None) -> None:
+        return None
+
+    def lora_factors(self, keys, device=None, dtype=None, modules=None) -> dict[str, LoraFactors]:
+        names = modules if modules is not None else list(self.factors)
+        return {n: LoraFactors(self.factors[n].A.to(device, dtype), self.factors[n].B.to(device, dtype),
+                               self.factors[n].scaling) for n in names}
+
+
+def _batch(shape: Shape, batch_size: int, seed: int, device: str) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    vocab = shape.text_config["vocab_size"]
+    tensors = {
+        "input_ids": random_ids(gen, vocab, batch_size, shape.input_tokens),
+        "instruction_input_ids": random_ids(gen, vocab, batch_size, shape.instruction_tokens),
+        "teacher_input_ids": random_ids(gen, vocab, batch_size, shape.in_context_tokens),
+        "labels": random_ids(gen, vocab, batch_size, shape.output_tokens),
+    }
+    for key in ("input_ids", "instruction_input_ids", "teacher_input_ids"):
+        tensors[key.replace("input_ids", "attention_mask")] = torch.ones_like(tensors[key])
+    batch = {k: v.to(device) for k, v in tensors.items()}
+    batch["task_keys"] = [f"task{i}" for i in range(batch_size)]  # every example from another task
+    batch["task_categories"] = [""] * batch_size
+    return batch
+
+
+def _setup(method: str, shape: Shape, batch_size: int, seed: int, device: str, workdir: str):
+    """(model, loss closure) of one method."""
+    torch.manual_seed(seed)
+    batch = _batch(shape, batch_size, seed, device)
+    if method == "multitask_ft":
+        model = T5ForConditionalGeneration(shape.t5_config()).to(device).train()
+        source = {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
+        return model, lambda: model(**source, labels=batch["labels"]).loss
+    from tagi_hf.trainer import TagiTrainer
+    from tagi_hf.training_args import TagiTrainingArguments
+
+    full = method == "tagi_stage2"
+    model = TagiModel(shape.tagi_config("cross_attention")).to(device).train()
+    teacher = T5ForConditionalGeneration(shape.t5_config()).to(device).eval() if full else None
+    args = TagiTrainingArguments(
+        output_dir=workdir,
+        lambda_kl=1.0 if full else 0.0,
+        lambda_ins=1.0 if full else 0.0,
+        per_device_train_batch_size=batch_size,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
+    bank = RandomTeacherBank(model, batch_size, seed) if full else None
+    trainer = TagiTrainer(model=model, args=args, teacher_model=teacher, teacher_bank=bank)
+    student_keys = [k for k in batch if not k.startswith("teacher") or full]
+    return model, lambda: trainer.compute_loss(model, {k: batch[k] for k in student_keys})
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_training_step(
+    method: str, shape_dict: dict, batch_size: int, steps: int, threads: int, seed: int, device: str
+) -> dict:
+    """Runs in a child process: warm-up step, then `steps` timed steps."""
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as workdir:
+        model, loss_fn = _setup(method, Shape(**shape_dict), batch_size, seed, device, workdir)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        setup_rss = _rss_mb()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(steps + 1):
+            _sync(device)
+            start = time.perf_counter()
+            loss = loss_fn()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    result = {
+        "step_s": statistics.median(times[1:]),
+        "warmup_step_s": times[0],
+        "timed_steps_s": times[1:],
+        "trainable_parameters": sum(p.numel() for p in params),
+        "batch_size": batch_size,
+        "setup_rss_mb": setup_rss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loss": float(loss.detach()),
+    }
+    if device.startswith("cuda"):
+        result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _child(queue, *args) -> None:
+    try:
+        queue.put(("ok", measure_training_step(*args)))
+    except BaseException as error:  # report, don't hang the parent
+        queue.put(("error", repr(error)))
+
+
+def training_costs(shape: Shape, *, batch_size: int, steps: int, threads: int, seed: int, device: str) -> dict:
+    """`{method: measurement}` for every training method, each measured in its own spawned process."""
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for method in TRAIN_METHODS:
+        queue = context.Queue()
+        args = (method, shape.to_dict(), batch_size, steps, threads, seed, device)
+        process = context.Process(target=_child, args=(queue, *args))
+        process.start()
+        status, value = queue.get()
+        process.join()
+        if status != "ok":
+            raise RuntimeError(f"Training benchmark `{method}` failed in its process: {value}")
+        results[method] = value
+    return results

@@ -1,0 +1,162 @@
+"""The paper's comparisons in miniature on the synthetic suite (held-out test tasks, fixed seeds, same backbone).
+
+Methods (issue 4): 1 backbone with the instruction in context (no meta-training); 2 multi-task fine-tuning with the
+instruction in context (Tk-Instruct analogue); 3 hypernetwork with L_pred only (HINT/Hypter analogue); 4 TAGI;
+5-8 TAGI without stage 1 / fusion / L_kl / L_ins; 9 the per-task LoRA teachers on their own training tasks. Each
+in the "Def" and "Def + 2 Pos." settings, with ROUGE-L, EM and strict EM overall and on the two held-out kinds,
+plus TAGI's instruction sensitivity (a generic instruction, another task's instruction).
+
+    python benchmarks/quality.py [--quick] [--out runs/benchmark] [--results benchmarks/results/quality.json]
+
+Everything trains under `--out` (default `runs/benchmark/`; the full TAGI model of the "Def" setting ends up in
+`runs/benchmark/tagi/`, loadable by `tagi-hf evaluate`). Re-running reuses finished stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tagi_hf.data import load_sni
+from tagi_hf.data.synthetic import HELD_OUT_WORDS
+from tagi_hf.pipeline import DemoSettings, SyntheticRecipe
+from tagi_hf.utils import atomic_write_text
+
+SETTINGS = ("def", "def+2pos")
+VARIANTS = {  # name: keyword arguments of SyntheticRecipe.tagi (defaults: the full method)
+    "hypernet L_pred only (HINT/Hypter analogue)": dict(lambda_kl=0.0, lambda_ins=0.0),
+    "TAGI": {},
+    "TAGI w/o stage 1": dict(stage1=False),
+    "TAGI w/o fusion": dict(fusion="none"),
+    "TAGI w/o L_kl": dict(lambda_kl=0.0),
+    "TAGI w/o L_ins": dict(lambda_ins=0.0),
+}
+
+
+def held_out_kind(task: str) -> str:
+    """The spec's two kinds of test task: a held-out chain, or a single op with a held-out parameter word."""
+    parts = task.removeprefix("synth_").split("_")
+    single_word_op = parts[0] in ("remove", "replace", "append", "prepend") and "then" not in parts
+    return "held-out word" if single_word_op and any(w in parts for w in HELD_OUT_WORDS) else "held-out chain"
+
+
+def by_kind(metrics: dict) -> dict:
+    """Instance-weighted means of the per-task scores over each held-out kind."""
+    groups: dict[str, list[dict]] = {}
+    for task, scores in metrics["per_task"].items():
+        groups.setdefault(held_out_kind(task), []).append(scores)
+    out = {}
+    for kind, rows in groups.items():
+        n = sum(r["n"] for r in rows)
+        out[kind] = {k: sum(r[k] * r["n"] for r in rows) / n for k in ("rougeL", "exact_match", "exact_match_strict")}
+        out[kind]["n"] = n
+    return out
+
+
+def summarise(metrics: dict) -> dict:
+    head = {k: metrics[k] for k in ("rougeL", "exact_match", "exact_match_strict", "n")}
+    return {**head, "by_kind": by_kind(metrics)}
+
+
+def teacher_reference(recipe: SyntheticRecipe, max_tasks: int = 40) -> dict:
+    """Method 9: each LoRA teacher on held-back instances of its own training task (instance training)."""
+    from peft import PeftModel
+    from transformers import T5ForConditionalGeneration
+
+    from tagi_hf.data.prompts import format_student_input
+    from tagi_hf.evaluation import compute_metrics
+
+    s = recipe.s
+    n_train = s.instances_per_task
+    full = load_sni(recipe.data_dir, max_train_instances_per_task=None, seed=s.seed, splits=("train",))["train"]
+    train_ids = set(recipe.train["id"])
+    held = [r for r in full if r["id"] not in train_ids]
+    tasks = sorted({r["task"] for r in held})[:max_tasks]
+    base = T5ForConditionalGeneration.from_pretrained(recipe.backbone()).eval()
+    predictions, references, names = [], [], []
+    for task in tasks:
+        rows = [r for r in held if r["task"] == task][: s.eval_instances_per_task]
+        model = PeftModel.from_pretrained(base, recipe.teachers() / task).eval()
+        enc = recipe.tokenizer([format_student_input(r["input"]) for r in rows], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**enc, max_new_tokens=32, do_sample=False)
+        predictions += [p.strip() for p in recipe.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        references += [r["outputs"] for r in rows]
+        names += [task] * len(rows)
+        base = model.unload()
+    metrics = compute_metrics(predictions, references, names)
+    return {k: metrics[k] for k in ("rougeL", "exact_match", "exact_match_strict", "n")} | {
+        "tasks": len(tasks),
+        "note": f"training tasks' instances beyond the first {n_train} (not seen by the teacher)",
+    }
+
+
+def run(settings: DemoSettings, results_path: Path) -> dict:
+    recipe = SyntheticRecipe(settings)
+    started = time.time()
+    results: dict = {"methods": {}, "sensitivity": {}}
+    for setting in SETTINGS:
+        suffix = "" if setting == "def" else f"-{setting}"
+        models = {
+            "backbone, instruction in context (no meta-training)": recipe.backbone(),
+            "multi-task FT, instruction in context (Tk-Instruct analogue)": recipe.baseline(setting),
+        }
+        for name, kwargs in VARIANTS.items():
+            slug = "tagi" + ("" if name == "TAGI" else "-" + name.split("(")[0].strip().lower().replace(" ", "-"))
+            models[name] = recipe.tagi(slug + suffix, setting=setting, **kwargs)
+        for name, path in models.items():
+            results["methods"].setdefault(name, {})[setting] = summarise(recipe.evaluate(path, setting=setting))
+        tagi = models["TAGI"]
+        own = results["methods"]["TAGI"][setting]
+        for mode in ("generic", "shuffled"):
+            m = summarise(recipe.evaluate(tagi, setting=setting, instruction_mode=mode))
+            m["drop_rougeL"] = own["rougeL"] - m["rougeL"]
+            m["drop_exact_match_strict"] = own["exact_match_strict"] - m["exact_match_strict"]
+            results["sensitivity"].setdefault(mode, {})[setting] = m
+    results["teachers_on_own_tasks"] = teacher_reference(recipe)
+    results["meta"] = _meta(settings, time.time() - started)
+    atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _meta(settings: DemoSettings, seconds: float) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    import transformers
+
+    return {
+        "settings": dataclasses.asdict(settings),
+        "seconds": round(seconds, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "commit": commit,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/benchmark")
+    parser.add_argument("--results", default="benchmarks/results/quality.json")
+    parser.add_argument("--quick", action="store_true", help="Tiny budgets: checks the script, not the method.")
+    args = parser.parse_args()
+    settings = DemoSettings(out=args.out)
+    if args.quick:
+        settings = dataclasses.replace(
+            settings, instances_per_task=8, eval_instances_per_task=3, d_model=32, backbone_steps=20,
+            baseline_steps=10, teacher_steps=5, stage1_steps=5, stage2_steps=10, batch_size=8,
+        )  # fmt: skip
+    run(settings, Path(args.results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Generating many adapters with bounded memory: [`generate_adapters_to_disk`] streams them to disk batch by batch.
+
+`TagiModel.generate_adapter(instructions)` returns every adapter at once, so memory grows with the number of
+instructions. Here only one batch of adapters lives at a time; what stays behind per instruction is its index entry
+(name, instruction text). The result is the layout of [`tagi_hf.hub.save_adapters`]: one PEFT LoRA directory per
+subfolder with its card, `index.json` and a top card, so [`tagi_hf.hub.load_adapters`] and
+[`tagi_hf.hub.push_generated`] read it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .hub import _NAME, _RESERVED_NAMES, ADAPTERS_INDEX, _default_name
+from .model_card import adapter_model_card, adapters_model_card
+from .utils import atomic_directory
+
+if TYPE_CHECKING:
+    from .adapter import GeneratedAdapter
+    from .modeling_tagi import TagiModel
+
+__all__ = ["generate_adapters_to_disk"]
+
+
+@dataclass(frozen=True)
+class _CardRow:
+    """What the top card reads of an adapter, kept instead of the adapter itself (no tensors)."""
+
+    instruction: str
+    base_model_name_or_path: str | None
+    generator_name_or_path: str | None
+    generator_revision: str | None
+    has_fusion: bool
+
+
+def generate_adapters_to_disk(
+    model: TagiModel,
+    tokenizer: Any,
+    instructions: Iterable[str],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    names: Iterable[str] | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
+) -> Path:
+    """
+    Generates one adapter per instruction and writes them to `out_dir`, `batch_size` at a time.
+
+    Instructions (and names) are read lazily, so a generator over a large file works; peak memory is that of one
+    batch of adapters. `out_dir` appears only once everything is written (atomic rename): a crash leaves the
+    previous content, never a partial set.
+
+    Args:
+        model ([`TagiModel`]): the generator (its device is used).
+        tokenizer: the model's tokenizer.
+        instructions (`Iterable[str]`): formatted instructions (e.g. [`format_instruction`]); none may be empty.
+        out_dir (`str` or `os.PathLike`): the folder to write.
+        batch_size (`int`, defaults to 64): instructions per generator pass, and adapters held in memory.
+        names (`Iterable[str]`, *optional*): subfolder names, one per instruction (default
+            `"000-<first words>"`, as [`tagi_hf.hub.save_adapters`]).
+        repo_id, license (`str`, *optional*): written into the cards, as in [`tagi_hf.hub.save_adapters`].
+
+    Returns:
+        `Path`: `out_dir`.
+
+    Example:
+
+    ```python
+    >>> lines = (line.strip() for line in open("instructions.txt") if line.strip())  # doctest: +SKIP
+    >>> generate_adapters_to_disk(model, tokenizer, map(format_instruction, lines), "adapters")  # doctest: +SKIP
+    >>> len(load_adapters("adapters"))  # doctest: +SKIP
+    10000
+    ```
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if isinstance(instructions, str):
+        raise ValueError("`instructions` must be an iterable of strings, not one string.")
+    rows: dict[str, _CardRow] = {}
+    with atomic_directory(out_dir) as tmp:
+        for batch in _named_batches(instructions, names, batch_size):
+            rows.update(_write_batch(model, tokenizer, batch, tmp, repo_id, license))  # its adapters die on return
+        if not rows:
+            raise ValueError("`instructions` is empty: there is nothing to generate.")
+        entries = {n: {"subfolder": n, "instruction": r.instruction, "fusion": r.has_fusion} for n, r in rows.items()}
+        index = {"adapters": entries}
+        (tmp / ADAPTERS_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        adapters_model_card(rows, repo_id=repo_id, license=license).save(tmp / "README.md")
+    return Path(out_dir)
+
+
+def _write_batch(
+    model: TagiModel,
+    tokenizer: Any,
+    batch: list[tuple[str, str]],
+    root: Path,
+    repo_id: str | None,
+    license: str | None,
+) -> dict[str, _CardRow]:
+    """Generates one batch and writes each adapter as [`tagi_hf.hub.save_adapters`] does; returns the card rows."""
+    adapters = model.generate_adapter([text for _, text in batch], tokenizer, batch_size=len(batch))
+    rows = {}
+    for (name, _), adapter in zip(batch, adapters):
+        adapter.save_pretrained(root / name)
+        adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license).save(root / name / "README.md")
+        rows[name] = _card_row(adapter)
+    return rows
+
+
+def _card_row(adapter: GeneratedAdapter) -> _CardRow:
+    return _CardRow(
+        instruction=adapter.instruction,
+        base_model_name_or_path=adapter.base_model_name_or_path,
+        generator_name_or_path=adapter.generator_name_or_path,
+        generator_revision=adapter.generator_revision,
+        has_fusion=adapter.has_fusion,
+    )
+
+
+def _named_batches(
+    instructions: Iterable[str], names: Iterable[str] | None, batch_size: int
+) -> Iterator[list[tuple[str, str]]]:
+    """`[(name, instruction), ...]` batches, checked as they are read (positions count over the whole stream)."""
+    texts, given = iter(instructions), None if names is None else iter(names)
+    seen: set[str] = set()
+    for start in itertools.count(0, batch_size):
+        batch = []
+        for index, text in enumerate(itertools.islice(texts, batch_size), start):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"Instruction {index} is empty or whitespace; an instruction must describe the task.")
+            name = _default_name(index, text) if given is None else next(given, None)
+            batch.append((_check_name(name, index, seen), text))
+        if not batch:
+            break
+        yield batch
+    if given is not None and next(given, None) is not None:
+        raise ValueError(f"`names` has more entries than the {len(seen)} instructions.")
+
+
+def _check_name(name: str | None, index: int, seen: set[str]) -> str:
+    if name is None:
+        raise ValueError(f"`names` ran out at instruction {index}: give one name per instruction.")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
+        raise ValueError(f"`names` entry {name!r} is not a valid subfolder name (letters, digits, `.`, `_`, `-`).")
+    if name in seen:
+        raise ValueError(f"`names` holds the duplicate {name!r} (instruction {index}).")
+    seen.add(name)
+    return name
