@@ -208,10 +208,13 @@ def _read_instructions(args: argparse.Namespace) -> list[str]:
     """The formatted instructions asked for, in order."""
     from .data import format_instruction, parse_setting
 
+    from .instructions import validate_instructions
+
     if args.instruction is not None:
         entries = [{"definition": args.instruction}]
     else:
         entries = _instruction_file_entries(Path(args.instruction_file))
+    validate_instructions([entry["definition"] for entry in entries])  # before "Definition: " makes them non-empty
     if args.setting == "raw":
         return [entry["definition"] for entry in entries]
     num_pos = parse_setting(args.setting)

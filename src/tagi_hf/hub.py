@@ -274,7 +274,8 @@ def load_adapters(path_or_repo_id: str | os.PathLike, *, revision: str | None = 
     if (root / ADAPTERS_INDEX).is_file():
         subfolders = _index_subfolders(json.loads((root / ADAPTERS_INDEX).read_text(encoding="utf-8")))
     else:
-        subfolders = {p.parent.name: p.parent.name for p in sorted(root.glob(f"*/{ADAPTER_CONFIG}"))}
+        found = sorted(root.glob(f"*/{ADAPTER_CONFIG}"))  # hidden folders: temporary writes cut short, not adapters
+        subfolders = {p.parent.name: p.parent.name for p in found if not p.parent.name.startswith(".")}
     if not subfolders:
         raise ValueError(
             f"`{root}` holds no adapters: expected `{ADAPTERS_INDEX}` or subfolders with `{ADAPTER_CONFIG}`."
