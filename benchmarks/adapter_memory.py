@@ -105,8 +105,12 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "safetensors": safetensors.__version__, "tagi_hf": tagi_hf.__version__},  # fmt: skip
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__,
+            "tagi_hf": tagi_hf.__version__,
+        },  # fmt: skip
     }
 
 

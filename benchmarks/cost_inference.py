@@ -137,9 +137,11 @@ def _task_breakdown(total: int, modules: dict[str, int]) -> dict[str, int]:
 def _instance_breakdown(total: int, modules: dict[str, int]) -> dict[str, int]:
     fusion = modules.get("FusionLayer", 0)  # encoder fusion layers (run from the encoder blocks' hooks)
     decoder = modules.get("T5ForConditionalGeneration.decoder", 0)
-    cross = sum(v for k, v in modules.items() if k.startswith("T5ForConditionalGeneration.decoder") and k.endswith(
-        "EncDecAttention"
-    ))
+    cross = sum(
+        v
+        for k, v in modules.items()
+        if k.startswith("T5ForConditionalGeneration.decoder") and k.endswith("EncDecAttention")
+    )
     head = modules.get("T5ForConditionalGeneration.lm_head", 0)
     encoder = modules.get("T5Stack", 0) - fusion
     return {

@@ -56,8 +56,12 @@ class RandomTeacherBank:
 
     def lora_factors(self, keys, device=None, dtype=None, modules=None) -> dict[str, LoraFactors]:
         names = modules if modules is not None else list(self.factors)
-        return {n: LoraFactors(self.factors[n].A.to(device, dtype), self.factors[n].B.to(device, dtype),
-                               self.factors[n].scaling) for n in names}
+        return {
+            n: LoraFactors(
+                self.factors[n].A.to(device, dtype), self.factors[n].B.to(device, dtype), self.factors[n].scaling
+            )
+            for n in names
+        }
 
 
 def _batch(shape: Shape, batch_size: int, seed: int, device: str) -> dict:

@@ -207,7 +207,6 @@ def _add_generate_adapter_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_instructions(args: argparse.Namespace) -> list[str]:
     """The formatted instructions asked for, in order."""
     from .data import format_instruction, parse_setting
-
     from .instructions import validate_instructions
 
     if args.instruction is not None:
