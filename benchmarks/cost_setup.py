@@ -21,8 +21,9 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tagi_hf import TagiConfig, TagiModel
-from tagi_hf.pipeline import DemoSettings
-from tagi_hf.standin import standin_config
+
+# `tagi_hf.pipeline` / `tagi_hf.standin` / `tagi_hf.data` (they need `datasets`) are imported where the synthetic
+# shapes are built, so the SNI-shape benchmark runs on a machine without them.
 
 
 @dataclass
@@ -105,6 +106,7 @@ def measure_synthetic_lengths(seed: int = 0) -> dict:
         train_tokenizer,
         write_synthetic_suite,
     )
+    from tagi_hf.pipeline import DemoSettings
 
     demo = DemoSettings()
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,6 +135,9 @@ def measure_synthetic_lengths(seed: int = 0) -> dict:
 
 def synthetic_shapes(measured: dict) -> list[Shape]:
     """The two synthetic shapes ("Def" and "Def + 2 Pos."), lengths rounded from the measured means."""
+    from tagi_hf.pipeline import DemoSettings
+    from tagi_hf.standin import standin_config
+
     demo = DemoSettings()
     text = standin_config(measured["vocab_size"], d_model=demo.d_model, num_layers=demo.num_layers)
     shapes = []
@@ -168,14 +173,21 @@ class Models:
 
 
 def _perturb(model: TagiModel, generator: torch.Generator) -> None:
-    """Non-zero B heads and gates, so generated updates and fusion terms are not all zero (checks mean something)."""
+    """Small non-zero generated updates and fusion gates, so the merged-versus-on-the-fly checks compare something.
+
+    The B heads are drawn so that an update `(alpha/r) B A` has entries about a tenth of a backbone weight's
+    (`1/sqrt(d_in)`): large random updates make a deep random T5 chaotic, and fp32 rounding then decides its logits.
+    """
+    config = model.config
+    hidden = config.hypernet_hidden_size
+    std = 0.1 / (config.lora_scaling * config.lora_rank**0.5 * hidden**0.5)
     with torch.no_grad():
         for head in model.generator.heads_b.values():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.02)
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * std)
         if model.encoder_fusion is not None:
             for layer in model.encoder_fusion:
-                layer.gate.fill_(0.5)
-            model.decoder_gates.weight.fill_(0.5)
+                layer.gate.fill_(0.1)
+            model.decoder_gates.weight.fill_(0.1)
 
 
 def build_models(shape: Shape, seed: int, device: str = "cpu", *, train: bool = False) -> Models:

@@ -8,22 +8,24 @@ Methods (same shapes, batch size and optimizer: `torch.optim.AdamW`, lr 1e-4, ov
   memory: reading them from a `TeacherBank` on disk is not timed);
 - `tagi_lpred`: TAGI with `L_pred` only (no teacher).
 Every example of a batch has its own instruction (a batch drawn across tasks). A step is forward + backward +
-optimizer step + `zero_grad`; the first step is a warm-up (it also allocates the optimizer state) and is not timed.
-Peak memory: on CPU the process's peak RSS (`resource.getrusage`, model construction included), on CUDA
+optimizer step + `zero_grad`; the first step is a warm-up (it also allocates the optimizer state and counts the
+forward + backward FLOPs with `FlopCounterMode`) and is not timed.
+Peak memory: on CPU the process's peak RSS (`VmHWM`, model construction included), on CUDA
 `torch.cuda.max_memory_allocated`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-import os
-import resource
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from cost_setup import Shape, random_ids
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5ForConditionalGeneration
 
 from tagi_hf import TagiModel
@@ -109,9 +111,16 @@ def _setup(method: str, shape: Shape, batch_size: int, seed: int, device: str, w
     return model, lambda: trainer.compute_loss(model, {k: batch[k] for k in student_keys})
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _memory_mb(field: str) -> float:
+    """`VmRSS` (now) or `VmHWM` (peak) of this process, from /proc/self/status (Linux).
+
+    Not `resource.getrusage(...).ru_maxrss`: on Linux a spawned child inherits its parent's peak RSS through
+    fork + exec, while `VmHWM` belongs to the child's own address space.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return float("nan")
 
 
 def _sync(device: str) -> None:
@@ -128,27 +137,31 @@ def measure_training_step(
         model, loss_fn = _setup(method, Shape(**shape_dict), batch_size, seed, device, workdir)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
-        setup_rss = _rss_mb()
+        setup_rss = _memory_mb("VmRSS")
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(steps + 1):
+        times, flops = [], None
+        for step in range(steps + 1):
+            counter = FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
             _sync(device)
             start = time.perf_counter()
-            loss = loss_fn()
-            loss.backward()
+            with counter:  # the untimed warm-up step counts the forward + backward FLOPs
+                loss = loss_fn()
+                loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
             times.append(time.perf_counter() - start)
+            flops = counter.get_total_flops() if step == 0 else flops
     result = {
         "step_s": statistics.median(times[1:]),
         "warmup_step_s": times[0],
         "timed_steps_s": times[1:],
+        "forward_backward_flops": int(flops),
         "trainable_parameters": sum(p.numel() for p in params),
         "batch_size": batch_size,
         "setup_rss_mb": setup_rss,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _memory_mb("VmHWM"),
         "loss": float(loss.detach()),
     }
     if device.startswith("cuda"):

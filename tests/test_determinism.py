@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tagi_hf import TagiModel
+from test_resilience import build_workspace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_tiny.py"
 INSTRUCTIONS = ["Reverse the order of the words.", "Keep only the first two words.", "Sort the words."]
@@ -54,3 +55,23 @@ def test_same_seed_gives_bitwise_identical_adapters_and_predictions(example, tmp
     # The check can fail: another seed gives other weights, hence other adapters.
     adapters_3, files_3, _ = _train_and_use(example, tmp_path / "third", seed=1)
     assert not _same_adapters(adapters_1, adapters_3) and files_3 != files_1
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return build_workspace(tmp_path_factory.mktemp("cli"))
+
+
+def test_cli_train_from_a_backbone_is_reproducible(workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    from tagi_hf.cli import main
+
+    weights = []
+    for run in ("a", "b"):
+        argv = ["train", "--backbone", str(workspace / "t5"), "--data-dir", str(workspace / "sni"), "--out",
+                str(tmp_path / run), "--lambda-kl", "0", "--lambda-ins", "0", "--lora-rank", "2", "--max-steps", "2",
+                "--batch-size", "4", "--max-train-instances-per-task", "4", "--seed", "0"]  # fmt: skip
+        assert main(argv) == 0
+        weights.append(load_file(tmp_path / run / "model.safetensors"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -212,8 +212,12 @@ def test_load_adapters_ignores_a_temporary_folder_left_by_a_kill(tmp_path):
 # ------------------------------------------------------------------------------------------ SIGKILL and resume
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A tiny T5 with its tokenizer and a 3-task SNI folder (as tests/test_cli_train.py builds them)."""
-    root = tmp_path_factory.mktemp("crash")
+    return build_workspace(tmp_path_factory.mktemp("crash"))
+
+
+def build_workspace(root: Path) -> Path:
+    """A tiny T5 with its tokenizer (`t5`), a stage-1-like TagiModel around it (`s1`) and a 3-task SNI folder (as
+    tests/test_cli_train.py builds them)."""
     suite = write_synthetic_suite(root / "sni", seed=0, instances_per_task=8)
     tasks = ["synth_reverse", "synth_sort", "synth_first_2"]
     (suite / "splits" / "default" / "train_tasks.txt").write_text("\n".join(tasks) + "\n")
@@ -222,12 +226,15 @@ def workspace(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     T5ForConditionalGeneration(standin_config(len(tokenizer), d_model=32, num_layers=2)).save_pretrained(root / "t5")
     tokenizer.save_pretrained(root / "t5")
+    torch.manual_seed(0)
+    TagiModel.from_backbone(str(root / "t5"), lora_rank=2, lora_alpha=4).save_pretrained(root / "s1")
+    tokenizer.save_pretrained(root / "s1")
     return root
 
 
 def _train_command(workspace: Path, out: Path) -> list[str]:
-    flags = {"--backbone": workspace / "t5", "--data-dir": workspace / "sni", "--out": out, "--lambda-kl": 0,
-             "--lambda-ins": 0, "--lora-rank": 2, "--max-steps": 150, "--save-steps": 10, "--batch-size": 4,
+    flags = {"--model": workspace / "s1", "--data-dir": workspace / "sni", "--out": out, "--lambda-kl": 0,
+             "--lambda-ins": 0, "--max-steps": 150, "--save-steps": 10, "--batch-size": 4,
              "--max-train-instances-per-task": 8, "--logging-steps": 1, "--seed": 3}  # fmt: skip
     return [sys.executable, "-m", "tagi_hf.cli", "train", *(str(x) for kv in flags.items() for x in kv)]
 

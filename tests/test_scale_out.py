@@ -143,9 +143,10 @@ def test_two_processes_match_one_process_and_only_rank_zero_writes(tmp_path):
 
     Tolerance: the three runs compute the same function on the same examples per step; they differ only in float32
     summation order (per-process partial sums, gloo's all-reduce). Step 1 (same weights) agrees to 1e-6 relative;
-    Adam then amplifies rounding, so later steps are compared at 1e-4 relative (observed: ~1e-5 after 6 steps). A
-    normalisation error (per-process mean instead of the global token mean, a missing world-size factor) moves the
-    loss by >1e-2.
+    Adam then amplifies rounding: later losses are compared at 1e-4 relative (observed ~1.5e-5 after 6 steps) and
+    gradient norms, more sensitive, at 1e-3 (observed ~1.4e-4). A normalisation error (a per-process mean instead of
+    the global token mean, a missing world-size factor) moves the logged loss or the gradient norm by >1e-2 (x2 for
+    the world-size factor).
     """
     train = [str(EXAMPLE), "--max-steps", "6", "--save-steps", "3"]
     _run([sys.executable, *train, "--out", str(tmp_path / "one")], tmp_path / "1")
@@ -158,10 +159,10 @@ def test_two_processes_match_one_process_and_only_rank_zero_writes(tmp_path):
     assert json.loads((tmp_path / "two" / "losses.json").read_text())["world_size"] == 2
     assert [e["step"] for e in two] == [e["step"] for e in one] == list(range(1, 7))
     assert one[-1]["loss"] < one[0]["loss"] - 0.5  # it learns: the comparison is not between two flat lines
-    for key in ("loss", "grad_norm"):
+    for key, rel in (("loss", 1e-4), ("grad_norm", 1e-3)):
         assert two[0][key] == pytest.approx(one[0][key], rel=1e-6)
-        assert [e[key] for e in two] == pytest.approx([e[key] for e in one], rel=1e-4)
-        assert [e[key] for e in ga] == pytest.approx([e[key] for e in one], rel=1e-4)
+        assert [e[key] for e in two] == pytest.approx([e[key] for e in one], rel=rel)
+        assert [e[key] for e in ga] == pytest.approx([e[key] for e in one], rel=rel)
     # The per-term logs are averaged over processes like accumulation averages micro-batches: same micro-batches.
     assert [e["loss_pred"] for e in two] == pytest.approx([e["loss_pred"] for e in ga], rel=1e-4)
     final_one, final_two = _trainable(tmp_path / "one"), _trainable(tmp_path / "two")

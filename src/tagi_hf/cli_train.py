@@ -141,13 +141,14 @@ def _pretraining_texts(args: argparse.Namespace):
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, set_seed
 
     from .modeling_tagi import TagiModel
     from .pipeline import train_tagi
     from .pretraining import PretrainingCollator
 
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
+    set_seed(args.seed)  # the generator's initial weights are drawn here, before the Trainer seeds
     model = TagiModel.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                     fusion=args.fusion)  # fmt: skip
     collator = PretrainingCollator(tokenizer, max_length=args.max_length, seed=args.seed)
@@ -176,7 +177,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer, T5ForConditionalGeneration
+    from transformers import AutoTokenizer, T5ForConditionalGeneration, set_seed
 
     from .data import TagiDataCollator
     from .modeling_tagi import TagiModel
@@ -192,6 +193,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.model:
         model = TagiModel.from_pretrained(args.model)
     else:
+        set_seed(args.seed)  # the generator's initial weights are drawn here, before the Trainer seeds
         model = TagiModel.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                         fusion=args.fusion)  # fmt: skip
     train_tagi(

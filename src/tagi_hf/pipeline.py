@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,11 +86,15 @@ class DemoSettings:
     overwrite: bool = False
 
 
-def _stage(path: Path, build: Callable[[Path], object]) -> Path:
+def _stage(path: Path, build: Callable[[Path], object], timings: dict[str, float] | None = None) -> Path:
+    """Builds `path` unless it exists (a finished stage: outputs are written atomically); records the seconds spent."""
     if path.exists():
         logger.warning(f"Stage output {path} exists: skipping (pass overwrite to redo).")
         return path
+    start = time.perf_counter()
     build(path)
+    if timings is not None:
+        timings[path.name] = round(time.perf_counter() - start, 1)
     return path
 
 
@@ -122,11 +127,12 @@ class SyntheticRecipe:
 
     def __init__(self, s: DemoSettings):
         self.s = s
+        self.timings: dict[str, float] = {}  # seconds per stage built by this recipe (not by an earlier run)
         self.out = Path(s.out)
         if s.overwrite and self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.data_dir = _stage(
+        self.data_dir = self._stage(
             # Extra instances per task stay unseen in training: held-back data for the teachers' reference score.
             self.out / "data",
             lambda p: write_synthetic_suite(
@@ -137,15 +143,20 @@ class SyntheticRecipe:
             self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",)
         )["train"]
         self.corpus = synthetic_corpus(s.seed, 20000)
-        tok_dir = _stage(self.out / "tokenizer", lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size))
+        tok_dir = self._stage(
+            self.out / "tokenizer", lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size)
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+
+    def _stage(self, path: Path, build: Callable[[Path], object]) -> Path:
+        return _stage(path, build, self.timings)
 
     def backbone(self) -> Path:
         from .standin import pretrain_standin, standin_config
 
         s = self.s
         config = standin_config(len(self.tokenizer), d_model=s.d_model, num_layers=s.num_layers)
-        return _stage(self.out / "backbone", lambda p: pretrain_standin(
+        return self._stage(self.out / "backbone", lambda p: pretrain_standin(
             self.corpus, self.tokenizer, p, config=config, max_steps=s.backbone_steps, batch_size=s.batch_size,
             seed=s.seed))  # fmt: skip
 
@@ -154,7 +165,7 @@ class SyntheticRecipe:
         from .teachers import train_multitask_baseline
 
         s, name = self.s, "baseline" if setting == "def" else f"baseline-{setting}"
-        return _stage(self.out / name, lambda p: train_multitask_baseline(
+        return self._stage(self.out / name, lambda p: train_multitask_baseline(
             str(self.backbone()), self.tokenizer, self.train, p, setting=setting, max_steps=s.baseline_steps,
             learning_rate=s.learning_rate, per_device_train_batch_size=s.batch_size, seed=s.seed))  # fmt: skip
 
@@ -162,7 +173,7 @@ class SyntheticRecipe:
         from .teachers_joint import train_lora_teachers_jointly
 
         s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers_joint.py)
-        return _stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
+        return self._stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
             str(self.backbone()), self.tokenizer, self.train, p, rank=s.lora_rank, max_steps=s.teacher_steps,
             learning_rate=5e-3, batch_size=s.batch_size, seed=s.seed))  # fmt: skip
 
@@ -173,7 +184,7 @@ class SyntheticRecipe:
     def stage1(self, fusion: str) -> Path:
         s = self.s
         name = "tagi-stage1" if fusion == s.fusion else f"tagi-stage1-{fusion}"
-        return _stage(self.out / name, lambda p: train_tagi(
+        return self._stage(self.out / name, lambda p: train_tagi(
             self.fresh_tagi(fusion), self.tokenizer, Dataset.from_dict({"text": self.corpus}), p,
             _stage_args(s, self.out / f".work-{name}", s.stage1_steps, lambda_kl=0.0, lambda_ins=0.0),
             data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed)))  # fmt: skip
@@ -198,7 +209,7 @@ class SyntheticRecipe:
 
         from .teachers import TeacherBank
 
-        return _stage(self.out / name, build)
+        return self._stage(self.out / name, build)
 
     def evaluate(self, model_dir: Path, *, setting: str = "def", instruction_mode: str = "own") -> dict:
         from .predict import evaluate_model
@@ -220,6 +231,7 @@ def run_demo(s: DemoSettings) -> dict:
     results = {name: _headline(recipe.evaluate(path)) for name, path in methods.items()}
     summary = {"settings": asdict(s), "results": results}
     summary["adapter_demo"] = _adapter_demo(methods["TAGI"], recipe.out / "adapter-demo")
+    summary["stage_seconds"] = recipe.timings  # stages built by this run (a re-run skips finished stages)
     atomic_write_text(recipe.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

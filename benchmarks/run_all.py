@@ -1,0 +1,260 @@
+"""`make benchmark`: reruns every benchmark, then regenerates the results report, the README table and the chart.
+
+    python benchmarks/run_all.py [--quick] [--only quality cost memory] [--report-only]
+
+1. `quality.py`: the paper's comparisons in miniature on the synthetic suite -> `results/quality.json`
+   (trained models under `runs/benchmark/`; the full TAGI model at `runs/benchmark/tagi/`);
+2. `cost.py`: FLOPs, wall time, adapter throughput and training cost -> `results/cost.json`;
+3. `adapter_memory.py`: peak memory of generating 1,000 vs 10,000 adapters -> `results/adapter_memory.json`;
+4. the report: `results/REPORT.md` (every table), the README section between the `benchmark` markers and
+   `results/benchmark.png`, all rendered from the JSON files (nothing is typed in by hand).
+
+`--quick` runs tiny budgets into `benchmarks/results/quick/` (checks the scripts, not the method) and leaves the
+README alone. `--report-only` re-renders the report from the JSON files already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from cost_report import plot_cost, render_markdown  # noqa: E402
+
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+STEPS = ("quality", "cost", "memory")
+QUALITY_COLUMNS = ("rougeL", "exact_match", "exact_match_strict")
+
+
+def run_step(step: str, results: Path, quick: bool) -> float:
+    """Runs one benchmark script in a subprocess; returns its wall time in seconds."""
+    quick_flag = ["--quick"] if quick else []
+    commands = {
+        "quality": [str(HERE / "quality.py"), *quick_flag, "--results", str(results / "quality.json"), "--out",
+                    str(ROOT / "runs" / ("benchmark-quick" if quick else "benchmark"))],
+        "cost": [str(HERE / "cost.py"), *quick_flag, "--out", str(results / "cost.json")],
+        "memory": [str(HERE / "adapter_memory.py"), "--output", str(results / "adapter_memory.json"),
+                   *(["--counts", "100", "1000"] if quick else [])],
+    }  # fmt: skip
+    start = time.perf_counter()
+    print(f"[benchmark] {step}: {' '.join(commands[step])}", flush=True)
+    subprocess.run([sys.executable, *commands[step]], check=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------------------- quality
+def _cells(m: dict) -> str:
+    return " | ".join(f"{m[k]:.1f}" for k in QUALITY_COLUMNS)
+
+
+def quality_tables(q: dict) -> list[str]:
+    settings = list(next(iter(q["methods"].values())))
+    lines = [
+        "| method | " + " | ".join(f"{s}: ROUGE-L | EM | strict EM" for s in settings) + " |",
+        "|---|" + "---:|---:|---:|" * len(settings),
+    ]
+    for name, by_setting in q["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(_cells(by_setting[s]) for s in settings) + " |")
+    kinds = sorted({k for by_setting in q["methods"].values() for k in by_setting[settings[0]]["by_kind"]})
+    lines += ["", f"By held-out kind ({settings[0]} setting; ROUGE-L | EM | strict EM):", ""]
+    lines += ["| method | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, by_setting in q["methods"].items():
+        by_kind = by_setting[settings[0]]["by_kind"]
+        lines.append(f"| {name} | " + " | ".join(_cells(by_kind[k]).replace(" | ", " / ") for k in kinds) + " |")
+    lines += ["", "Instruction sensitivity of TAGI (drop from its own instruction):", ""]
+    lines += ["| instruction | setting | ROUGE-L | drop | strict EM | drop |", "|---|---|---:|---:|---:|---:|"]
+    for mode, by_setting in q["sensitivity"].items():
+        for setting, m in by_setting.items():
+            lines.append(
+                f"| {mode} | {setting} | {m['rougeL']:.1f} | {m['drop_rougeL']:.1f} | {m['exact_match_strict']:.1f} | "
+                f"{m['drop_exact_match_strict']:.1f} |"
+            )
+    t = q["teachers_on_own_tasks"]
+    lines += ["", f"Reference (method 9), per-task LoRA teachers on their own training tasks ({t['note']}, "
+              f"{t['tasks']} tasks): ROUGE-L {t['rougeL']:.1f}, EM {t['exact_match']:.1f}, strict EM "
+              f"{t['exact_match_strict']:.1f}."]  # fmt: skip
+    return lines
+
+
+def quality_targets(q: dict) -> list[tuple[str, bool, str]]:
+    """The issue's targets, as (target, met, measured) for every setting and for ROUGE-L and strict EM alike."""
+    names = {
+        "ft": "multi-task FT, instruction in context (Tk-Instruct analogue)",
+        "hint": "hypernet L_pred only (HINT/Hypter analogue)",
+    }
+    out = []
+    for setting in next(iter(q["methods"].values())):
+        m = {name: by_setting[setting] for name, by_setting in q["methods"].items()}
+        for metric in ("rougeL", "exact_match_strict"):
+            tagi, ft, hint = m["TAGI"][metric], m[names["ft"]][metric], m[names["hint"]][metric]
+            out.append((f"{setting}, {metric}: TAGI >= multi-task FT - 1", tagi >= ft - 1, f"{tagi:.1f} vs {ft:.1f}"))
+            out.append((f"{setting}, {metric}: TAGI > L_pred-only hypernet", tagi > hint, f"{tagi:.1f} vs {hint:.1f}"))
+            ablations = {k: v[metric] for k, v in m.items() if k.startswith("TAGI w/o")}
+            worst = min(ablations, key=ablations.get)
+            out.append((f"{setting}, {metric}: every ablation below TAGI", all(v < tagi for v in ablations.values()),
+                        ", ".join(f"{k.removeprefix('TAGI ')} {v:.1f}" for k, v in ablations.items())))  # fmt: skip
+            out.append((f"{setting}, {metric}: removing fusion hurts most", worst == "TAGI w/o fusion",
+                        f"lowest: {worst}"))  # fmt: skip
+            for mode, by_setting in q["sensitivity"].items():
+                drop = by_setting[setting][f"drop_{metric}"]
+                out.append((f"{setting}, {metric}: {mode} instruction loses >= 30", drop >= 30, f"drop {drop:.1f}"))
+    return out
+
+
+def quality_header(q: dict) -> str:
+    meta = q["meta"]
+    return (
+        f"Quality on the synthetic suite's held-out test tasks ({meta['device']}, {meta['machine']}; torch "
+        f"{meta['torch']}, transformers {meta['transformers']}; commit {meta['commit'][:10]}; "
+        f"{meta['seconds'] / 60:.0f} min). Scores x100."
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- memory
+def memory_table(m: dict) -> list[str]:
+    lines = [
+        f"Adapter generation memory ({m['model']}; batch {m['batch_size']}; {m['machine']['cpu_count']} CPU cores):",
+        "",
+        "| mode | instructions | peak RSS, MB | RSS before, MB | seconds | bytes on disk |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in m["runs"]:
+        lines.append(
+            f"| {r['mode']} | {r['instructions']:,} | {r['peak_rss_mb']:.0f} | {r['rss_before_generation_mb']:.0f} | "
+            f"{r['seconds']:.0f} | {r['bytes_on_disk']:,} |"
+        )
+    return lines
+
+
+# -------------------------------------------------------------------------------------------------------- report
+def plot(q: dict | None, cost: dict | None, path: Path) -> None:
+    """One PNG: quality per method (ROUGE-L and strict EM, first setting) and cost relative to in-context T5."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if cost is not None and q is None:
+        plot_cost([cost], path)
+        return
+    panels = 2 if cost is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.8), squeeze=False)
+    ax = axes[0][0]
+    setting = next(iter(next(iter(q["methods"].values()))))
+    names = list(q["methods"])
+    for i, (metric, label) in enumerate((("rougeL", "ROUGE-L"), ("exact_match_strict", "strict EM"))):
+        ax.barh([j + 0.4 * i for j in range(len(names))], [q["methods"][n][setting][metric] for n in names], 0.4,
+                label=label)  # fmt: skip
+    ax.set_yticks([j + 0.2 for j in range(len(names))])
+    ax.set_yticklabels([n.split(" (")[0] for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"score x100, held-out tasks ({setting})")
+    ax.legend(fontsize=8)
+    ax.set_title("Quality on the synthetic suite")
+    if cost is not None:
+        from cost_report import METHOD_LABELS
+
+        ax = axes[0][1]
+        shapes = list(cost["shapes"])
+        methods = list(METHOD_LABELS)
+        width = 0.8 / len(shapes)
+        for i, name in enumerate(shapes):
+            flops = cost["shapes"][name]["flops"]
+            values = [flops[m]["per_task"] / flops["in_context"]["per_task"] for m in methods]
+            ax.barh([j + i * width for j in range(len(methods))], values, width, label=name)
+        ax.set_yticks([j + 0.4 - width / 2 for j in range(len(methods))])
+        ax.set_yticklabels([METHOD_LABELS[m] for m in methods], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("FLOPs per task of 100 instances / in-context T5")
+        ax.legend(fontsize=8)
+        ax.set_title("Inference cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render_report(results: Path, runtimes: dict[str, float] | None = None) -> tuple[str, str]:
+    """(full report, README section) from the JSON files under `results`; absent files are reported as such."""
+    q, cost, memory = (_load(results / f) for f in ("quality.json", "cost.json", "adapter_memory.json"))
+    full, short = ["# Benchmark results", "", "Regenerated by `make benchmark` (`python benchmarks/run_all.py`)."], []
+    if runtimes:
+        full.append("Wall time of this run: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in runtimes.items()) + ".")
+    full.append("")
+    if q is not None:
+        targets = quality_targets(q)
+        table = ["| target | met | measured |", "|---|---|---|"]
+        table += [f"| {t} | {'yes' if met else '**no**'} | {measured} |" for t, met, measured in targets]
+        full += ["## Quality", "", quality_header(q), ""] + quality_tables(q) + ["", "Targets:", ""] + table + [""]
+        short += [quality_header(q), ""] + quality_tables(q)[: len(q["methods"]) + 2] + [""]
+        met = sum(m for _, m, _ in targets)
+        short += [f"{met} of {len(targets)} quality targets met; see "
+                  "[benchmarks/results/REPORT.md](benchmarks/results/REPORT.md).", ""]  # fmt: skip
+    else:
+        full += ["## Quality", "", "No `quality.json` yet.", ""]
+    if cost is not None:
+        full += ["## Cost", "", render_markdown(cost), ""]
+        rows = ["| goal | target | " + " | ".join(cost["shapes"]) + " |", "|---|---|" + "---:|" * len(cost["shapes"])]
+        from cost_report import GOAL_LABELS
+
+        for key, label in GOAL_LABELS.items():
+            goals = [cost["shapes"][s]["goals"][key] for s in cost["shapes"]]
+            cells = " | ".join(f"{g['value']:.2f} ({'met' if g['met'] else 'missed'})" for g in goals)
+            rows.append(f"| {label} | {goals[0]['target']} | {cells} |")
+        where = render_markdown(cost).splitlines()[0].removeprefix("Cost benchmark on ")
+        short += [f"Cost ({where})", ""] + rows + [""]
+    else:
+        full += ["## Cost", "", "No `cost.json` yet.", ""]
+    if memory is not None:
+        full += ["## Memory", ""] + memory_table(memory) + [""]
+    short += ["![benchmark chart](benchmarks/results/benchmark.png)"] if (q or cost) else []
+    return "\n".join(full), "\n".join(short)
+
+
+def update_readme(readme: Path, section: str) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"`{readme}` has no `{README_START}` ... `{README_END}` markers to fill.")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(f"{head}{README_START}\n{section}\n{README_END}{tail}")
+    tmp.replace(readme)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets into results/quick/; README untouched")
+    parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps")
+    parser.add_argument("--report-only", action="store_true", help="re-render the report from existing JSON")
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    results = args.results or (HERE / "results" / "quick" if args.quick else HERE / "results")
+    results.mkdir(parents=True, exist_ok=True)
+    runtimes = {}
+    if not args.report_only:
+        for step in args.only:
+            runtimes[step] = run_step(step, results, args.quick)
+    full, short = render_report(results, runtimes)
+    (results / "REPORT.md").write_text(full + "\n")
+    q, cost = _load(results / "quality.json"), _load(results / "cost.json")
+    if q or cost:
+        plot(q, cost, results / "benchmark.png")
+    if not args.quick and args.results is None:
+        update_readme(ROOT / "README.md", short)
+    print(full)
+
+
+if __name__ == "__main__":
+    main()

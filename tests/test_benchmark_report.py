@@ -1,0 +1,103 @@
+"""The benchmark report is rendered from the results JSON, never typed in: targets, README section, chart."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import run_all  # noqa: E402
+
+FT = "multi-task FT, instruction in context (Tk-Instruct analogue)"
+HINT = "hypernet L_pred only (HINT/Hypter analogue)"
+
+
+def _scores(rouge: float, strict: float) -> dict:
+    m = {"rougeL": rouge, "exact_match": strict, "exact_match_strict": strict, "n": 10}
+    return m | {"by_kind": {"held-out chain": dict(m), "held-out word": dict(m)}}
+
+
+def _quality(tagi: float, ft: float, hint: float, ablations: dict[str, float], drop: float) -> dict:
+    methods = {FT: ft, HINT: hint, "TAGI": tagi, **ablations}
+    sensitivity = {
+        mode: {"def": _scores(tagi - drop, tagi - drop) | {"drop_rougeL": drop, "drop_exact_match_strict": drop}}
+        for mode in ("generic", "shuffled")
+    }
+    return {
+        "methods": {name: {"def": _scores(v, v)} for name, v in methods.items()},
+        "sensitivity": sensitivity,
+        "teachers_on_own_tasks": {
+            "rougeL": 99.0,
+            "exact_match": 98.0,
+            "exact_match_strict": 97.0,
+            "n": 5,
+            "tasks": 2,
+            "note": "held-back instances",
+        },  # fmt: skip
+        "meta": {
+            "device": "cpu",
+            "machine": "x86_64, 2 threads",
+            "torch": "2",
+            "transformers": "5",
+            "commit": "0123456789abcdef",
+            "seconds": 600.0,
+        },  # fmt: skip
+    }
+
+
+def test_targets_met_when_the_ordering_holds():
+    ablations = {"TAGI w/o fusion": 50.0, "TAGI w/o stage 1": 70.0, "TAGI w/o L_kl": 75.0, "TAGI w/o L_ins": 78.0}
+    targets = run_all.quality_targets(_quality(tagi=80.0, ft=80.5, hint=60.0, ablations=ablations, drop=40.0))
+    assert len(targets) == 2 * 6  # two metrics x (ft, hint, ablations, fusion-most, generic, shuffled)
+    assert all(met for _, met, _ in targets), [t for t in targets if not t[1]]
+
+
+def test_targets_missed_are_reported_as_missed():
+    ablations = {"TAGI w/o fusion": 79.0, "TAGI w/o stage 1": 81.0, "TAGI w/o L_kl": 75.0, "TAGI w/o L_ins": 78.0}
+    targets = dict(
+        (name, (met, measured))
+        for name, met, measured in run_all.quality_targets(
+            _quality(tagi=80.0, ft=81.5, hint=80.0, ablations=ablations, drop=29.0)
+        )
+    )
+    assert targets["def, rougeL: TAGI >= multi-task FT - 1"] == (False, "80.0 vs 81.5")
+    assert targets["def, rougeL: TAGI > L_pred-only hypernet"] == (False, "80.0 vs 80.0")
+    assert targets["def, rougeL: every ablation below TAGI"][0] is False  # w/o stage 1 scored 81
+    assert targets["def, rougeL: removing fusion hurts most"] == (False, "lowest: TAGI w/o L_kl")
+    assert targets["def, exact_match_strict: generic instruction loses >= 30"] == (False, "drop 29.0")
+
+
+def test_report_and_readme_section_render_from_the_json(tmp_path):
+    ablations = {"TAGI w/o fusion": 50.0, "TAGI w/o stage 1": 70.0, "TAGI w/o L_kl": 75.0, "TAGI w/o L_ins": 78.0}
+    (tmp_path / "quality.json").write_text(json.dumps(_quality(80.0, 80.5, 60.0, ablations, 40.0)))
+    full, short = run_all.render_report(tmp_path, {"quality": 125.0})
+    assert "| TAGI | 80.0 | 80.0 | 80.0 |" in full and "| TAGI | 80.0 | 80.0 | 80.0 |" in short
+    assert "12 of 12 quality targets met" in short
+    assert "quality 2 min" in full and "No `cost.json` yet." in full
+    run_all.plot(json.loads((tmp_path / "quality.json").read_text()), None, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{run_all.README_START}\nold\n{run_all.README_END}\n\n## after\n")
+    run_all.update_readme(readme, short)
+    text = readme.read_text()
+    assert "old" not in text and short in text and text.endswith("## after\n")
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="benchmark:start"):
+        run_all.update_readme(readme, short)
+
+
+def test_committed_readme_section_matches_the_committed_results():
+    """The README's benchmark section is what `run_all.py --report-only` renders from benchmarks/results/."""
+    results = ROOT / "benchmarks" / "results"
+    if not (results / "quality.json").exists() and not (results / "cost.json").exists():
+        pytest.skip("no benchmark results committed yet")
+    _, short = run_all.render_report(results)
+    text = (ROOT / "README.md").read_text()
+    section = text.split(run_all.README_START, 1)[1].split(run_all.README_END, 1)[0]
+    assert section.strip() == short.strip()
