@@ -75,10 +75,10 @@ def test_targets_missed_are_reported_as_missed():
 def test_report_and_readme_section_render_from_the_json(tmp_path):
     ablations = {"TAGI w/o fusion": 50.0, "TAGI w/o stage 1": 70.0, "TAGI w/o L_kl": 75.0, "TAGI w/o L_ins": 78.0}
     (tmp_path / "quality.json").write_text(json.dumps(_quality(80.0, 80.5, 60.0, ablations, 40.0)))
-    full, short = run_all.render_report(tmp_path, {"quality": 125.0})
+    full, short = run_all.render_report(tmp_path, {"quality": {"seconds": 125.0, "cpu_cores": 2}})
     assert "| TAGI | 80.0 | 80.0 | 80.0 |" in full and "| TAGI | 80.0 | 80.0 | 80.0 |" in short
     assert "12 of 12 quality targets met" in short
-    assert "quality 2 min" in full and "No `cost.json` yet." in full
+    assert "quality 2 min; 2 min in all" in full and "No `cost.json` yet." in full
     run_all.plot(json.loads((tmp_path / "quality.json").read_text()), None, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

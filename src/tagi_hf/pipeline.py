@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from .data import TagiDataCollator, load_sni, synthetic_corpus, train_tokenizer, write_synthetic_suite
+from .data.prompts import format_instruction, format_teacher_input
 from .modeling_tagi import TagiModel
 from .pretraining import PretrainingCollator
 from .trainer import TagiTrainer
@@ -71,11 +72,14 @@ class DemoSettings:
     vocab_size: int = 600
     d_model: int = 96
     num_layers: int = 2
-    backbone_steps: int = 1200
-    baseline_steps: int = 500
+    corpus_instance_fraction: float = 0.5  # share of train-task instances (vs random word lists) in the corpus
+    standin_random_texts: int = 4000  # random word lists added to the formatted train instances (stand-in only)
+    standin_boundary_probability: float = 0.5  # instance texts split at their output (see PrefixLMCollator)
+    backbone_steps: int = 1500
+    baseline_steps: int = 1500
     teacher_steps: int = 400  # optimiser steps of the joint run that trains every task's teacher
     stage1_steps: int = 150
-    stage2_steps: int = 600
+    stage2_steps: int = 1500
     batch_size: int = 32
     lora_rank: int = 8
     fusion: str = "cross_attention"
@@ -83,6 +87,7 @@ class DemoSettings:
     lambda_ins: float = 0.1
     kl_temperature: float = 1.0
     learning_rate: float = 1e-3
+    teacher_learning_rate: float = 2e-3
     overwrite: bool = False
 
 
@@ -91,10 +96,11 @@ def _stage(path: Path, build: Callable[[Path], object], timings: dict[str, float
     if path.exists():
         logger.warning(f"Stage output {path} exists: skipping (pass overwrite to redo).")
         return path
-    start = time.perf_counter()
+    start, nested_before = time.perf_counter(), sum((timings or {}).values())
     build(path)
-    if timings is not None:
-        timings[path.name] = round(time.perf_counter() - start, 1)
+    if timings is not None:  # exclusive of the stages this one triggered (they record their own)
+        nested = sum(timings.values()) - nested_before
+        timings[path.name] = round(time.perf_counter() - start - nested, 1)
     return path
 
 
@@ -142,7 +148,7 @@ class SyntheticRecipe:
         self.train = load_sni(
             self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",)
         )["train"]
-        self.corpus = synthetic_corpus(s.seed, 20000)
+        self.corpus = synthetic_corpus(s.seed, 20000, instance_fraction=s.corpus_instance_fraction)
         tok_dir = self._stage(
             self.out / "tokenizer", lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size)
         )
@@ -152,13 +158,15 @@ class SyntheticRecipe:
         return _stage(path, build, self.timings)
 
     def backbone(self) -> Path:
-        from .standin import pretrain_standin, standin_config
+        from .standin import instance_texts, pretrain_standin, standin_config
 
         s = self.s
         config = standin_config(len(self.tokenizer), d_model=s.d_model, num_layers=s.num_layers)
+        random_texts = synthetic_corpus(s.seed, s.standin_random_texts, instance_fraction=0.0)
         return self._stage(self.out / "backbone", lambda p: pretrain_standin(
-            self.corpus, self.tokenizer, p, config=config, max_steps=s.backbone_steps, batch_size=s.batch_size,
-            seed=s.seed))  # fmt: skip
+            instance_texts(self.train, s.seed) + random_texts, self.tokenizer, p, config=config,
+            max_steps=s.backbone_steps, batch_size=s.batch_size, seed=s.seed,
+            boundary_probability=s.standin_boundary_probability))  # fmt: skip
 
     def baseline(self, setting: str = "def") -> Path:
         """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher."""
@@ -175,7 +183,7 @@ class SyntheticRecipe:
         s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers_joint.py)
         return self._stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
             str(self.backbone()), self.tokenizer, self.train, p, rank=s.lora_rank, max_steps=s.teacher_steps,
-            learning_rate=5e-3, batch_size=s.batch_size, seed=s.seed))  # fmt: skip
+            learning_rate=s.teacher_learning_rate, batch_size=s.batch_size, seed=s.seed))  # fmt: skip
 
     def fresh_tagi(self, fusion: str) -> TagiModel:
         r = self.s.lora_rank
@@ -238,6 +246,9 @@ def run_demo(s: DemoSettings) -> dict:
 
 def _save_tokenizer(path: Path, train: Dataset, corpus: list[str], vocab_size: int) -> None:
     texts = [*corpus, *train["definition"], *train["input"], *(o for outs in train["outputs"] for o in outs)]
+    # The prompt templates too ("Definition:", "Positive Example", "Now complete ..."): short sequences, fast steps.
+    texts += [format_teacher_input(format_instruction(r["definition"], r["positive_examples"], 2), r["input"])
+              for r in train.select(range(0, len(train), 50))]  # fmt: skip
     with atomic_directory(path) as tmp:
         train_tokenizer(texts, vocab_size=vocab_size).save_pretrained(tmp)
 

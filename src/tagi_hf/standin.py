@@ -1,9 +1,12 @@
 """The stand-in for a pretrained T5 on the synthetic suite (no pretrained T5 weights can be had offline).
 
-A small T5 is trained from scratch with a prefix-LM objective (the objective of T5-LM-adapt) on the synthetic
-corpus: random word sequences of the suite's vocabulary, and instances of **train** tasks written as text
-(`synthetic_corpus`). It never sees a test task, a held-out chain or a held-out word used as a parameter. Train
-instances appear with their definitions, so the stand-in is between LM-adapt and an instruction-tuned base (T0).
+A small T5 is trained from scratch with a prefix-LM objective (the objective of T5-LM-adapt) on text the spec lets
+it see: random word sequences of the suite's vocabulary (`synthetic_corpus`), and instances of **train** tasks
+written in the prompt formats (`instance_texts`): half with their definition in context (Tk-Instruct format), half
+as the input alone. Instance texts are split at the start of the output with probability `boundary_probability`
+(else at a random token), so the stand-in learns the formats and the copying and reordering the operations share.
+It never sees a test task, a held-out chain or a held-out word used as a parameter. Because half of its instances
+carry their definitions, the stand-in sits between LM-adapt and an instruction-tuned base (T0); the results say so.
 """
 
 from __future__ import annotations
@@ -47,24 +50,40 @@ def standin_config(vocab_size: int, *, d_model: int = 128, num_layers: int = 3, 
 
 @dataclass
 class PrefixLMCollator:
-    """Splits each text at a random token: the prefix is the input, the rest the target (T5-LM-adapt's objective)."""
+    """Splits each text at a random token: the prefix is the input, the rest the target (T5-LM-adapt's objective).
+
+    A text containing `boundary` (by default the prompts' `"\nOutput: "`) is split right after it with probability
+    `boundary_probability`: the prefix is then the prompt and the target the instance's output.
+    """
 
     tokenizer: PreTrainedTokenizerBase
     max_length: int = 128
     seed: int = 0
+    boundary: str = "\nOutput: "
+    boundary_probability: float = 0.0
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(
-            [r["text"] for r in rows], add_special_tokens=False, truncation=True, max_length=self.max_length
-        )["input_ids"]
+        texts = [r["text"] for r in rows]
+        encoded = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_length)
+        encoded = encoded["input_ids"]
         eos = [self.tokenizer.eos_token_id]
-        cuts = [self._rng.randint(1, max(1, len(ids) - 1)) for ids in encoded]
-        source = self._pad([ids[:cut] + eos for ids, cut in zip(encoded, cuts)])
-        target = self._pad([ids[cut:] + eos for ids, cut in zip(encoded, cuts)])
+        sources, targets = [], []
+        for text, ids in zip(texts, encoded):
+            if self.boundary_probability and self.boundary in text and self._rng.random() < self.boundary_probability:
+                # Prompt and output tokenized apart, exactly as `TagiDataCollator` tokenizes them.
+                cut = text.index(self.boundary) + len(self.boundary)
+                prompt, output = self.tokenizer([text[:cut], text[cut:]], add_special_tokens=False)["input_ids"]
+                sources.append(prompt[: self.max_length - 1] + eos)
+                targets.append(output[: self.max_length - 1] + eos)
+            else:
+                cut = self._rng.randint(1, max(1, len(ids) - 1))
+                sources.append(ids[:cut] + eos)
+                targets.append(ids[cut:] + eos)
+        source, target = self._pad(sources), self._pad(targets)
         labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
         return {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"], "labels": labels}
 
@@ -82,8 +101,12 @@ def pretrain_standin(
     batch_size: int = 32,
     learning_rate: float = 2e-3,
     seed: int = 0,
+    boundary_probability: float = 0.0,
 ) -> Path:
-    """Trains the stand-in backbone and saves it (with the tokenizer) atomically to `output_dir`."""
+    """Trains the stand-in backbone and saves it (with the tokenizer) atomically to `output_dir`.
+
+    `boundary_probability`: see [`PrefixLMCollator`] (texts from `instance_texts` split at their output).
+    """
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config or standin_config(len(tokenizer)))
     output_dir = Path(output_dir)
@@ -107,10 +130,25 @@ def pretrain_standin(
         model=model,
         args=args,
         train_dataset=Dataset.from_dict({"text": texts}),
-        data_collator=PrefixLMCollator(tokenizer, seed=seed),
+        data_collator=PrefixLMCollator(tokenizer, seed=seed, boundary_probability=boundary_probability),
     )
     trainer.train()
     with atomic_directory(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return output_dir
+
+
+def instance_texts(rows: Dataset, seed: int = 0) -> list[str]:
+    """Train instances as prefix-LM text: each row in the Tk-Instruct format (definition in context) or as the
+    student's input alone, at random (seeded), followed by its first output."""
+    from .data.prompts import format_instruction, format_student_input, format_teacher_input
+
+    rng, texts = random.Random(f"instance-texts:{seed}"), []
+    for row in rows:
+        if rng.random() < 0.5:
+            prompt = format_teacher_input(format_instruction(row["definition"]), row["input"])
+        else:
+            prompt = format_student_input(row["input"])
+        texts.append(prompt + row["outputs"][0])
+    return texts

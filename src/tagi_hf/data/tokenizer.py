@@ -25,7 +25,9 @@ _ALPHABET = sorted(set(string.printable) - set(" \r\x0b\x0c")) + [_METASPACE]
 def _backend_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Train a BPE `tokenizers.Tokenizer` with a Metaspace pre-tokenizer and decoder, and an eos post-processor."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    # Punctuation is split off words ("apple." -> "▁apple", "."), so a word is one token wherever it stands (the
+    # Tk-Instruct prompts end inputs with a period); the Metaspace decoder still restores the text exactly.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     tokenizer.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[PAD, EOS, UNK], initial_alphabet=_ALPHABET, show_progress=False

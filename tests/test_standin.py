@@ -1,0 +1,71 @@
+"""The stand-in backbone's pretraining data: prefix-LM splits and formatted train instances."""
+
+from __future__ import annotations
+
+import pytest
+
+from tagi_hf.data import TagiDataCollator, load_sni, train_tokenizer, write_synthetic_suite
+from tagi_hf.data.prompts import TEACHER_BRIDGE
+from tagi_hf.standin import PrefixLMCollator, instance_texts
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    suite = write_synthetic_suite(tmp_path_factory.mktemp("suite"), seed=0, instances_per_task=3)
+    return load_sni(suite, max_train_instances_per_task=3, seed=0, splits=("train",))["train"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(rows):
+    texts = instance_texts(rows) + list(rows["definition"])
+    return train_tokenizer(texts, vocab_size=400)
+
+
+def test_instance_texts_mix_both_formats_and_end_with_the_output(rows):
+    texts = instance_texts(rows, seed=0)
+    assert len(texts) == len(rows)
+    with_definition = [t for t in texts if t.startswith("Definition: ")]
+    alone = [t for t in texts if t.startswith("Input: ")]
+    assert len(with_definition) + len(alone) == len(texts)
+    assert 0.4 < len(with_definition) / len(texts) < 0.6  # about half each
+    for text, row in zip(texts, rows):
+        assert text.endswith("\nOutput: " + row["outputs"][0])
+        assert (row["definition"] in text) == text.startswith("Definition: ")
+        assert (TEACHER_BRIDGE in text) == text.startswith("Definition: ")
+    assert instance_texts(rows, seed=0) == texts and instance_texts(rows, seed=1) != texts
+
+
+def test_boundary_split_matches_the_training_collator_exactly(rows, tokenizer):
+    """Split at the output, a text gives the student's input ids and labels of `TagiDataCollator`."""
+    row = rows[0]
+    text = "Input: " + row["input"] + ".\nOutput: " + row["outputs"][0]
+    batch = PrefixLMCollator(tokenizer, boundary_probability=1.0)([{"text": text}])
+    expected = TagiDataCollator(tokenizer)([row])
+    assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
+    assert batch["labels"][0].tolist() == expected["labels"][0].tolist()
+
+
+def test_without_boundary_the_split_is_random_and_lossless(tokenizer):
+    text = "cat dog sun moon owl tree fish"
+    collator = PrefixLMCollator(tokenizer, seed=0, boundary_probability=1.0)  # no boundary in the text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    cuts = set()
+    for _ in range(20):
+        batch = collator([{"text": text}])
+        source = [t for t in batch["input_ids"][0].tolist() if t != tokenizer.pad_token_id][:-1]
+        target = [t for t in batch["labels"][0].tolist() if t != -100][:-1]
+        assert source + target == ids  # prefix + continuation is the text, eos stripped
+        cuts.add(len(source))
+    assert len(cuts) > 1
+
+
+def test_boundary_probability_sets_how_often_the_split_is_at_the_output(rows, tokenizer):
+    texts = [{"text": t} for t in instance_texts(rows)[:40]]
+
+    def at_boundary(probability: float) -> int:
+        batch = PrefixLMCollator(tokenizer, seed=0, boundary_probability=probability)(texts)
+        sources = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        return sum(s.rstrip().endswith("\nOutput:") for s in sources)
+
+    assert at_boundary(1.0) == len(texts)
+    assert at_boundary(0.0) < len(texts) // 4
