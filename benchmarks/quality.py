@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/benchmark")
     parser.add_argument("--results", default="benchmarks/results/quality.json")
     parser.add_argument("--quick", action="store_true", help="Tiny budgets: checks the script, not the method.")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="Override DemoSettings fields (recorded)."
+    )
     args = parser.parse_args()
     settings = DemoSettings(out=args.out)
     if args.quick:
@@ -155,6 +158,15 @@ def main() -> None:
             settings, instances_per_task=8, eval_instances_per_task=3, d_model=32, backbone_steps=20,
             baseline_steps=10, teacher_steps=5, stage1_steps=5, stage2_steps=10, batch_size=8,
         )  # fmt: skip
+    fields = {f.name: f.type for f in dataclasses.fields(DemoSettings)}
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise ValueError(f"`--set {item}`: `{key}` is not a DemoSettings field ({', '.join(fields)}).")
+        default = getattr(DemoSettings(), key)
+        overrides[key] = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
+    settings = dataclasses.replace(settings, **overrides)
     run(settings, Path(args.results))
 
 

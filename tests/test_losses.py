@@ -203,3 +203,25 @@ def test_alignment_errors_name_module_and_shapes():
         adapter_alignment_loss({"enc.q": batched}, {"enc.q": torch.randn(2, 5, 6)})
     with pytest.raises(ValueError, match="no modules"):
         adapter_alignment_loss({}, {})
+
+
+def test_relative_alignment_is_scale_free_and_one_for_a_zero_student():
+    teacher = {"q": torch.randn(5, 6), "v": torch.randn(9, 7)}
+    student = {"q": torch.randn(5, 6), "v": torch.randn(9, 7)}
+    zero = {k: torch.zeros_like(v) for k, v in teacher.items()}
+    torch.testing.assert_close(adapter_alignment_loss(zero, teacher, relative=True), torch.tensor(1.0))
+    assert adapter_alignment_loss(teacher, teacher, relative=True).item() == 0.0
+    scaled = adapter_alignment_loss({k: 10 * v for k, v in student.items()}, {k: 10 * v for k, v in teacher.items()},
+                                    relative=True)  # fmt: skip
+    torch.testing.assert_close(scaled, adapter_alignment_loss(student, teacher, relative=True))
+    # One normaliser (the teachers' mean square over modules), not one per module.
+    expected = adapter_alignment_loss(student, teacher) / adapter_alignment_loss(zero, teacher)
+    torch.testing.assert_close(adapter_alignment_loss(student, teacher, relative=True), expected)
+
+
+def test_relative_alignment_stays_bounded_when_a_teacher_module_barely_moved():
+    """A teacher update of ~1e-8 in one module must not blow the loss up (it would, normalised per module)."""
+    teacher = {"q": torch.randn(5, 6), "v": 1e-8 * torch.randn(9, 7)}
+    student = {"q": teacher["q"].clone(), "v": 0.1 * torch.randn(9, 7)}
+    loss = adapter_alignment_loss(student, teacher, relative=True)
+    assert 0 < loss.item() < 0.1

@@ -274,8 +274,9 @@ def adapter_alignment_loss(
         teacher (`Mapping[str, torch.Tensor | LoraFactors]`): Teacher updates or factors, with the same keys.
 
         relative (`bool`, defaults to `False`):
-            Divide each module's MSE by the teacher update's mean square (a scale-free relative error: 0 when the
-            updates coincide, 1 for a zero student update).
+            Divide by the teacher updates' mean square, averaged over modules like the MSE (a scale-free relative
+            error: 0 when the updates coincide, 1 for a zero student update). One normaliser for all modules, not
+            one per module: a module the teacher barely changed would otherwise blow its term up.
 
     Returns:
         `torch.Tensor`: Scalar mean over modules of each module's element-wise MSE.
@@ -298,14 +299,14 @@ def adapter_alignment_loss(
         raise ValueError(f"Module `{missing[0]}` is missing from the {side} updates (mismatched keys: {missing}).")
     if not student:
         raise ValueError("`student` and `teacher` hold no modules to align.")
-    losses = []
+    losses, scales = [], []
     for name in sorted(student):
         target = _detach(teacher[name])
-        loss = _module_mse(name, student[name], target)
+        losses.append(_module_mse(name, student[name], target))
         if relative:
-            loss = loss / _module_mse(name, _zero_like(target), target).clamp(min=1e-12)
-        losses.append(loss)
-    return torch.stack(losses).mean()
+            scales.append(_module_mse(name, _zero_like(target), target))
+    loss = torch.stack(losses).mean()
+    return loss / torch.stack(scales).mean().clamp(min=1e-12) if relative else loss
 
 
 def _zero_like(value: torch.Tensor | LoraFactors) -> torch.Tensor | LoraFactors:

@@ -75,8 +75,8 @@ class DemoSettings:
     corpus_instance_fraction: float = 0.5  # share of train-task instances (vs random word lists) in the corpus
     standin_random_texts: int = 4000  # random word lists added to the formatted train instances (stand-in only)
     standin_boundary_probability: float = 0.5  # instance texts split at their output (see PrefixLMCollator)
-    backbone_steps: int = 1500
-    baseline_steps: int = 1500
+    backbone_steps: int = 1200
+    baseline_steps: int = 1200
     teacher_steps: int = 400  # optimiser steps of the joint run that trains every task's teacher
     stage1_steps: int = 150
     stage2_steps: int = 1500
