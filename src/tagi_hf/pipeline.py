@@ -234,14 +234,30 @@ class SyntheticRecipe:
 def run_demo(s: DemoSettings) -> dict:
     """synth -> tokenizer -> stand-in backbone -> baseline (logit teacher) -> LoRA teachers -> stage 1 -> stage 2 ->
     evaluation on held-out tasks -> an adapter for a new instruction, saved, reloaded and run."""
+    start = time.perf_counter()
     recipe = SyntheticRecipe(s)
     methods = {"baseline (instruction in context)": recipe.baseline(), "TAGI": recipe.tagi()}
     results = {name: _headline(recipe.evaluate(path)) for name, path in methods.items()}
     summary = {"settings": asdict(s), "results": results}
     summary["adapter_demo"] = _adapter_demo(methods["TAGI"], recipe.out / "adapter-demo")
     summary["stage_seconds"] = recipe.timings  # stages built by this run (a re-run skips finished stages)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary["machine"] = _machine()
     atomic_write_text(recipe.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
 
 
 def _save_tokenizer(path: Path, train: Dataset, corpus: list[str], vocab_size: int) -> None:
@@ -292,4 +308,10 @@ def format_demo_table(summary: dict) -> str:
     demo = summary["adapter_demo"]
     lines += ["", f"Generated adapter for an unseen instruction: {demo['instruction']}"]
     lines += [f"  {r['input']!r} -> {r['output']!r} (expected {r['expected']!r})" for r in demo["examples"]]
+    if "seconds" in summary:
+        machine = summary["machine"]
+        lines += [
+            "",
+            f"Ran in {summary['seconds'] / 60:.1f} min on {machine['cpu_cores']} CPU cores ({machine['device']}).",
+        ]
     return "\n".join(lines)
