@@ -7,14 +7,15 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
+import tagi_hf.baseline as baseline_module
 import tagi_hf.teachers as teachers_module
 from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
+from tagi_hf.baseline import train_multitask_baseline
 from tagi_hf.data import TagiDataCollator, load_sni, train_tokenizer, write_synthetic_suite
 from tagi_hf.teachers import (
     TeacherBank,
     teacher_target_modules,
     train_lora_teachers,
-    train_multitask_baseline,
 )
 from tiny import tiny_text_config
 
@@ -227,16 +228,16 @@ def test_multitask_baseline_trains_saves_reloads_and_resumes(tmp_path, data, tok
     def crash(_path):  # training finished, the final save fails: the checkpoints stay
         raise RuntimeError("crash")
 
-    monkeypatch.setattr(teachers_module, "atomic_directory", crash)
+    monkeypatch.setattr(baseline_module, "atomic_directory", crash)
     with pytest.raises(RuntimeError):
         train_multitask_baseline(backbone, tokenizer, data, out, **kwargs)
     assert (out / "checkpoints" / "checkpoint-4").is_dir() and not (out / "config.json").exists()
     monkeypatch.undo()
 
     resumed_from = []
-    train = teachers_module._train
+    train = baseline_module._train
     monkeypatch.setattr(
-        teachers_module, "_train", lambda *a, **k: resumed_from.append(k["resume_from_checkpoint"]) or train(*a, **k)
+        baseline_module, "_train", lambda *a, **k: resumed_from.append(k["resume_from_checkpoint"]) or train(*a, **k)
     )
     kwargs["max_steps"] = 12
     assert train_multitask_baseline(backbone, tokenizer, data, out, **kwargs) == out

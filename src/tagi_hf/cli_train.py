@@ -75,7 +75,7 @@ def _add_baseline(parser: argparse.ArgumentParser) -> None:
 def _run_baseline(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from .teachers import train_multitask_baseline
+    from .baseline import train_multitask_baseline
 
     path = train_multitask_baseline(
         args.backbone, AutoTokenizer.from_pretrained(args.backbone), _train_split(args), args.out,

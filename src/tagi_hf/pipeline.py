@@ -170,7 +170,7 @@ class SyntheticRecipe:
 
     def baseline(self, setting: str = "def") -> Path:
         """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher."""
-        from .teachers import train_multitask_baseline
+        from .baseline import train_multitask_baseline
 
         s, name = self.s, "baseline" if setting == "def" else f"baseline-{setting}"
         return self._stage(self.out / name, lambda p: train_multitask_baseline(
