@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +40,12 @@ VARIANTS = {  # name: keyword arguments of SyntheticRecipe.tagi (defaults: the f
     "TAGI w/o L_kl": dict(lambda_kl=0.0),
     "TAGI w/o L_ins": dict(lambda_ins=0.0),
 }
+
+
+def model_slug(name: str) -> str:
+    """Folder name of a variant: "TAGI w/o L_kl" -> "tagi-without-l-kl" (one path component)."""
+    words = re.sub(r"[^a-z0-9]+", "-", name.split("(")[0].lower().replace("w/o", "without")).strip("-")
+    return words if words.startswith("tagi") else f"tagi-{words}"
 
 
 def held_out_kind(task: str) -> str:
@@ -110,7 +117,7 @@ def run(settings: DemoSettings, results_path: Path) -> dict:
             "multi-task FT, instruction in context (Tk-Instruct analogue)": recipe.baseline(setting),
         }
         for name, kwargs in VARIANTS.items():
-            slug = "tagi" + ("" if name == "TAGI" else "-" + name.split("(")[0].strip().lower().replace(" ", "-"))
+            slug = "tagi" if name == "TAGI" else model_slug(name)
             models[name] = recipe.tagi(slug + suffix, setting=setting, **kwargs)
         for name, path in models.items():
             results["methods"].setdefault(name, {})[setting] = summarise(recipe.evaluate(path, setting=setting))

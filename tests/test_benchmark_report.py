@@ -101,3 +101,12 @@ def test_committed_readme_section_matches_the_committed_results():
     text = (ROOT / "README.md").read_text()
     section = text.split(run_all.README_START, 1)[1].split(run_all.README_END, 1)[0]
     assert section.strip() == short.strip()
+
+
+def test_variant_folders_are_distinct_single_path_components():
+    import quality
+
+    slugs = [quality.model_slug(name) for name in quality.VARIANTS if name != "TAGI"]
+    assert slugs == ["tagi-hypernet-l-pred-only", "tagi-without-stage-1", "tagi-without-fusion", "tagi-without-l-kl",
+                     "tagi-without-l-ins"]  # fmt: skip
+    assert all("/" not in s for s in slugs) and len(set(slugs)) == len(slugs)
