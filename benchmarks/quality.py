@@ -106,7 +106,7 @@ def teacher_reference(recipe: SyntheticRecipe, max_tasks: int = 40) -> dict:
     }
 
 
-def run(settings: DemoSettings, results_path: Path) -> dict:
+def run(settings: DemoSettings, results_path: Path, quick: bool = False) -> dict:
     recipe = SyntheticRecipe(settings)
     started = time.time()
     results: dict = {"methods": {}, "sensitivity": {}}
@@ -129,17 +129,18 @@ def run(settings: DemoSettings, results_path: Path) -> dict:
             m["drop_exact_match_strict"] = own["exact_match_strict"] - m["exact_match_strict"]
             results["sensitivity"].setdefault(mode, {})[setting] = m
     results["teachers_on_own_tasks"] = teacher_reference(recipe)
-    results["meta"] = _meta(settings, time.time() - started)
+    results["meta"] = _meta(settings, time.time() - started, quick)
     atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
     return results
 
 
-def _meta(settings: DemoSettings, seconds: float) -> dict:
+def _meta(settings: DemoSettings, seconds: float, quick: bool = False) -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     import transformers
 
     return {
         "settings": dataclasses.asdict(settings),
+        "quick": quick,
         "seconds": round(seconds, 1),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -174,7 +175,7 @@ def main() -> None:
         default = getattr(DemoSettings(), key)
         overrides[key] = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
     settings = dataclasses.replace(settings, **overrides)
-    run(settings, Path(args.results))
+    run(settings, Path(args.results), args.quick)
 
 
 if __name__ == "__main__":
