@@ -106,11 +106,11 @@ def teacher_reference(recipe: SyntheticRecipe, max_tasks: int = 40) -> dict:
     }
 
 
-def run(settings: DemoSettings, results_path: Path, quick: bool = False) -> dict:
+def run(settings: DemoSettings, results_path: Path, quick: bool = False, prompt_settings=SETTINGS) -> dict:
     recipe = SyntheticRecipe(settings)
     started = time.time()
     results: dict = {"methods": {}, "sensitivity": {}}
-    for setting in SETTINGS:
+    for setting in prompt_settings:
         suffix = "" if setting == "def" else f"-{setting}"
         models = {
             "backbone, instruction in context (no meta-training)": recipe.backbone(),
@@ -130,6 +130,8 @@ def run(settings: DemoSettings, results_path: Path, quick: bool = False) -> dict
             results["sensitivity"].setdefault(mode, {})[setting] = m
     results["teachers_on_own_tasks"] = teacher_reference(recipe)
     results["meta"] = _meta(settings, time.time() - started, quick)
+    results["meta"]["stage_seconds"] = recipe.timings  # stages trained by this invocation (others were cached)
+    results["meta"]["prompt_settings"] = list(prompt_settings)
     atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
     return results
 
@@ -159,6 +161,7 @@ def main() -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="Override DemoSettings fields (recorded)."
     )
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="Prompt settings.")
     args = parser.parse_args()
     settings = DemoSettings(out=args.out)
     if args.quick:
@@ -175,7 +178,7 @@ def main() -> None:
         default = getattr(DemoSettings(), key)
         overrides[key] = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
     settings = dataclasses.replace(settings, **overrides)
-    run(settings, Path(args.results), args.quick)
+    run(settings, Path(args.results), args.quick, tuple(args.settings))
 
 
 if __name__ == "__main__":

@@ -114,10 +114,12 @@ def quality_targets(q: dict) -> list[tuple[str, bool, str]]:
 
 def quality_header(q: dict) -> str:
     meta = q["meta"]
+    stages = meta.get("stage_seconds") or {}
+    trained = f"{len(stages)} stages trained in it" if stages else "evaluation only: models from an earlier run"
     return (
         f"Quality on the synthetic suite's held-out test tasks ({meta['device']}, {meta['machine']}; torch "
         f"{meta['torch']}, transformers {meta['transformers']}; commit {meta['commit'][:10]}; "
-        f"{meta['seconds'] / 60:.0f} min). Scores x100."
+        f"{meta['seconds'] / 60:.0f} min, {trained}). Scores x100."
     )
 
 
