@@ -276,3 +276,20 @@ def test_sigkill_after_a_checkpoint_then_rerun_gives_the_uninterrupted_weights(w
     assert expected.keys() == got.keys()
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """Temporary names come from mkstemp/mkdtemp (0600/0700); the final outputs must be readable like plain writes."""
+    import os
+
+    from tagi_hf.utils import atomic_directory, atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+        with atomic_directory(tmp_path / "model") as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
