@@ -13,6 +13,7 @@ drawn non-zero so that the merged-versus-on-the-fly checks compare something.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -102,20 +103,16 @@ def measure_synthetic_lengths(seed: int = 0) -> dict:
         format_student_input,
         format_teacher_input,
         load_sni,
-        synthetic_corpus,
-        train_tokenizer,
         write_synthetic_suite,
     )
-    from tagi_hf.pipeline import DemoSettings
+    from tagi_hf.pipeline import DemoSettings, demo_corpus, train_demo_tokenizer
 
-    demo = DemoSettings()
+    demo = dataclasses.replace(DemoSettings(), seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_suite(tmp, seed=seed, instances_per_task=100)
         data = load_sni(tmp, max_train_instances_per_task=demo.instances_per_task, seed=seed)
     train, test = data["train"], data["test"]
-    corpus = synthetic_corpus(seed, 20000)  # the demo's tokenizer texts (pipeline._save_tokenizer)
-    outputs = (o for outs in train["outputs"] for o in outs)
-    tokenizer = train_tokenizer([*corpus, *train["definition"], *train["input"], *outputs], vocab_size=demo.vocab_size)
+    tokenizer = train_demo_tokenizer(train, demo_corpus(demo), demo.vocab_size)
 
     def lengths(texts: list[str]) -> dict:
         counts = [len(ids) for ids in tokenizer(texts)["input_ids"]]

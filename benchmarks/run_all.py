@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from cost_report import plot_cost, render_markdown  # noqa: E402
+from cost_report import GOAL_LABELS, METHOD_LABELS, plot_cost, render_markdown  # noqa: E402
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 STEPS = ("quality", "cost", "memory")
@@ -165,8 +165,6 @@ def plot(q: dict | None, cost: dict | None, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("Quality on the synthetic suite")
     if cost is not None:
-        from cost_report import METHOD_LABELS
-
         ax = axes[0][1]
         shapes = list(cost["shapes"])
         methods = list(METHOD_LABELS)
@@ -219,15 +217,14 @@ def render_report(results: Path, runtimes: dict[str, dict] | None = None) -> tup
     else:
         full += ["## Quality", "", "No `quality.json` yet.", ""]
     if cost is not None:
-        full += ["## Cost", "", render_markdown(cost), ""]
+        cost_markdown = render_markdown(cost)
+        full += ["## Cost", "", cost_markdown, ""]
         rows = ["| goal | target | " + " | ".join(cost["shapes"]) + " |", "|---|---|" + "---:|" * len(cost["shapes"])]
-        from cost_report import GOAL_LABELS
-
         for key, label in GOAL_LABELS.items():
             goals = [cost["shapes"][s]["goals"][key] for s in cost["shapes"]]
             cells = " | ".join(f"{g['value']:.3f} ({'met' if g['met'] else 'missed'})" for g in goals)
             rows.append(f"| {label} | {goals[0]['target']} | {cells} |")
-        where = render_markdown(cost).splitlines()[0].removeprefix("Cost benchmark on ")
+        where = cost_markdown.splitlines()[0].removeprefix("Cost benchmark on ")
         short += [f"Cost ({where})", ""] + rows + [""]
     else:
         full += ["## Cost", "", "No `cost.json` yet.", ""]

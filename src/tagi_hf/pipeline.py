@@ -148,7 +148,7 @@ class SyntheticRecipe:
         self.train = load_sni(
             self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",)
         )["train"]
-        self.corpus = synthetic_corpus(s.seed, 20000, instance_fraction=s.corpus_instance_fraction)
+        self.corpus = demo_corpus(s)
         tok_dir = self._stage(
             self.out / "tokenizer", lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size)
         )
@@ -260,13 +260,23 @@ def _machine() -> dict:
     }
 
 
-def _save_tokenizer(path: Path, train: Dataset, corpus: list[str], vocab_size: int) -> None:
+def demo_corpus(s: DemoSettings) -> list[str]:
+    """The demo's synthetic corpus: the tokenizer's texts and stage 1's (a | b | c) pretraining text."""
+    return synthetic_corpus(s.seed, 20000, instance_fraction=s.corpus_instance_fraction)
+
+
+def train_demo_tokenizer(train: Dataset, corpus: list[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """The demo's tokenizer, trained on the corpus and the train split's texts (the cost benchmark uses it too)."""
     texts = [*corpus, *train["definition"], *train["input"], *(o for outs in train["outputs"] for o in outs)]
     # The prompt templates too ("Definition:", "Positive Example", "Now complete ..."): short sequences, fast steps.
     texts += [format_teacher_input(format_instruction(r["definition"], r["positive_examples"], 2), r["input"])
               for r in train.select(range(0, len(train), 50))]  # fmt: skip
+    return train_tokenizer(texts, vocab_size=vocab_size)
+
+
+def _save_tokenizer(path: Path, train: Dataset, corpus: list[str], vocab_size: int) -> None:
     with atomic_directory(path) as tmp:
-        train_tokenizer(texts, vocab_size=vocab_size).save_pretrained(tmp)
+        train_demo_tokenizer(train, corpus, vocab_size).save_pretrained(tmp)
 
 
 def _headline(metrics: dict) -> dict:
