@@ -155,3 +155,32 @@ def test_every_template_is_shipped_and_used():
     assert names == {"adapter_card.md", "adapters_card.md", "generator_card.md", "teacher_card.md", "teachers_card.md"}
     source = (Path(TEMPLATES).parent / "model_card.py").read_text()
     assert all(f'"{name}"' in source for name in names)
+
+
+def test_cached_rendering_equals_hub_from_template():
+    """Cards come from templates compiled once per process; the text must be what `ModelCard.from_template` gives."""
+    from tagi_hf.model_card import PAPER, PAPER_URL, TAGI_TAGS, _card_data
+
+    adapter = handmade_adapter()
+    ours = adapter_model_card(adapter)
+    kwargs = dict(
+        instruction=adapter.instruction, base_model=BASE, repo=None, subfolder=None, rank=adapter.rank,
+        lora_alpha=adapter.lora_alpha, num_modules=2, modules="encoder self-attention (q, v)", fusion=False,
+        generator="me/tagi-gen", generator_revision="0123abc",
+    )  # fmt: skip
+    data = _card_data("peft", BASE, [*TAGI_TAGS, "generated-adapter"], None)
+    hub = ModelCard.from_template(
+        data, template_path=str(TEMPLATES / "adapter_card.md"), paper=PAPER, paper_url=PAPER_URL, **kwargs
+    )
+    assert str(ours) == str(hub)
+    assert str(adapter_model_card(adapter)) == str(ours)  # a second render (cached template) is identical
+
+
+def test_adapter_save_writes_the_card_it_is_given(tmp_path):
+    adapter = handmade_adapter()
+    card = adapter_model_card(adapter, repo_id="me/adapters", subfolder="000-reverse")
+    adapter.save_pretrained(tmp_path / "a", model_card=card)
+    assert (tmp_path / "a" / "README.md").read_text() == str(card)
+    assert "000-reverse" in str(card)
+    adapter.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "README.md").read_text() == str(adapter_model_card(adapter))

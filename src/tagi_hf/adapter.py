@@ -17,7 +17,7 @@ from torch import nn
 from .utils import atomic_directory
 
 if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
+    from huggingface_hub import CommitInfo, ModelCard
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -128,8 +128,11 @@ class GeneratedAdapter:
             raise ValueError(f"Adapter keys not used by the model: {sorted(result.unexpected_keys)[:5]}")
         return peft_model
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Writes a standard PEFT LoRA directory (atomically), plus the instruction states when fusion is on."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *, model_card: ModelCard | None = None) -> None:
+        """Writes a standard PEFT LoRA directory (atomically), plus the instruction states when fusion is on.
+
+        `model_card`: the README to write (default: [`tagi_hf.model_card.adapter_model_card`] of this adapter).
+        """
         from .model_card import adapter_model_card
 
         with atomic_directory(save_directory) as tmp:
@@ -139,7 +142,7 @@ class GeneratedAdapter:
                 states = {"instruction_states": self.instruction_states.detach().contiguous()}
                 save_file(states, tmp / INSTRUCTION_STATES, metadata={"format": "pt"})
             (tmp / PROVENANCE).write_text(json.dumps(self._provenance(), indent=2, sort_keys=True) + "\n")
-            adapter_model_card(self).save(tmp / "README.md")
+            (model_card or adapter_model_card(self)).save(tmp / "README.md")
 
     def push_to_hub(
         self,

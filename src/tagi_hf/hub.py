@@ -227,8 +227,7 @@ def push_adapter_to_hub(
     validate_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "adapter"
-        adapter.save_pretrained(folder)
-        adapter_model_card(adapter, repo_id=repo_id, license=license).save(folder / "README.md")
+        adapter.save_pretrained(folder, model_card=adapter_model_card(adapter, repo_id=repo_id, license=license))
         message = commit_message or "Upload TAGI generated adapter"
         return _push_files(_folder_files(folder), repo_id, token, message, private=private, revision=revision)
 
@@ -249,9 +248,8 @@ def save_adapters(
     named = _named(adapters, names)
     with atomic_directory(save_directory) as tmp:
         for name, adapter in named.items():
-            adapter.save_pretrained(tmp / name)
             card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
-            card.save(tmp / name / "README.md")
+            adapter.save_pretrained(tmp / name, model_card=card)
         index = {
             "adapters": {
                 name: {"subfolder": name, "instruction": a.instruction, "fusion": a.has_fusion}

@@ -108,8 +108,8 @@ def _write_batch(
     adapters = model.generate_adapter([text for _, text in batch], tokenizer, batch_size=len(batch))
     rows = {}
     for (name, _), adapter in zip(batch, adapters):
-        adapter.save_pretrained(root / name)
-        adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license).save(root / name / "README.md")
+        card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
+        adapter.save_pretrained(root / name, model_card=card)
         rows[name] = _card_row(adapter)
     return rows
 
