@@ -109,3 +109,22 @@ class InstructionCrossAttention(T5Attention):
         delta = share_i * (probs_i @ inst_v.to(probs_i.dtype) - probs_f @ values_f)  # (b, h, tgt, d_head)
         delta = delta.transpose(1, 2).reshape(*hidden_states.shape[:2], -1)  # (b, tgt, inner)
         return torch.tanh(self.tagi_gate).to(delta.dtype) * self.o(delta)
+
+
+class DecoderFusionGates(nn.Module):
+    """One scalar gate per decoder layer on the instruction part of the decoder's attention (zero at init)."""
+
+    _tagi_init = ("zeros", None)
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_layers))
+
+
+def encoder_fusion_hook(block: nn.Module, args, output):
+    """Forward hook on an encoder T5Block: applies the block's fusion layer when instruction state is set."""
+    fusion = getattr(block, "tagi_fusion", None)
+    if fusion is None:
+        return output
+    layer, instruction = fusion
+    return (layer(output[0], instruction), *output[1:])

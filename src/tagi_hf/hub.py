@@ -23,32 +23,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, get_token, snapshot_download
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .adapter import ADAPTER_CONFIG, GeneratedAdapter
 from .model_card import (
     adapter_model_card,
-    adapters_model_card,
     generator_model_card,
     teacher_model_card,
     teachers_model_card,
 )
-from .utils import atomic_directory
+from .streaming import ADAPTERS_INDEX, load_adapters, named_adapters, save_adapters  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .modeling_tagi import TagiModel
 
-ADAPTERS_INDEX = "index.json"
 TEACHERS_INDEX = "teachers.json"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-_RESERVED_NAMES = {ADAPTERS_INDEX, "README.md", ".gitattributes"}
 
 
 class HubUploadError(RuntimeError):
@@ -107,27 +102,6 @@ def _release(
         generator_name_or_path=generator if _is_hub_id(generator) else None,
         generator_revision=generator_revision or adapter.generator_revision,
     )
-
-
-def _named(adapters: Sequence[GeneratedAdapter], names: Sequence[str] | None) -> dict[str, GeneratedAdapter]:
-    adapters = list(adapters)
-    if not adapters:
-        raise ValueError("`adapters` is empty: there is nothing to save or push.")
-    names = list(names) if names is not None else [_default_name(i, a.instruction) for i, a in enumerate(adapters)]
-    if len(names) != len(adapters):
-        raise ValueError(f"`names` has {len(names)} entries for {len(adapters)} adapters.")
-    for name in names:
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
-            raise ValueError(f"`names` entry {name!r} is not a valid subfolder name (letters, digits, `.`, `_`, `-`).")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`names` holds duplicates: {sorted({n for n in names if names.count(n) > 1})}.")
-    return dict(zip(names, adapters))
-
-
-def _default_name(index: int, instruction: str | None) -> str:
-    """`"003-reverse-the-order-of-words"`: ordered, unique, readable."""
-    slug = "-".join(re.findall(r"[a-z0-9]+", (instruction or "").lower())[:6])[:60].strip("-")
-    return f"{index:03d}-{slug}" if slug else f"{index:03d}"
 
 
 def _folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
@@ -232,63 +206,6 @@ def push_adapter_to_hub(
         return _push_files(_folder_files(folder), repo_id, token, message, private=private, revision=revision)
 
 
-def save_adapters(
-    adapters: Sequence[GeneratedAdapter],
-    save_directory: str | os.PathLike,
-    *,
-    names: Sequence[str] | None = None,
-    repo_id: str | None = None,
-    license: str | None = None,
-) -> Path:
-    """Writes many adapters (atomically): one PEFT directory per subfolder, `index.json` and a top card.
-
-    `names` are the subfolders (default: `"000-<first words of the instruction>"`, ...). The layout of
-    [`push_adapters_to_hub`]; [`push_generated`] pushes such a directory.
-    """
-    named = _named(adapters, names)
-    with atomic_directory(save_directory) as tmp:
-        for name, adapter in named.items():
-            card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
-            adapter.save_pretrained(tmp / name, model_card=card)
-        index = {
-            "adapters": {
-                name: {"subfolder": name, "instruction": a.instruction, "fusion": a.has_fusion}
-                for name, a in named.items()
-            },
-        }
-        (tmp / ADAPTERS_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        adapters_model_card(named, repo_id=repo_id, license=license).save(tmp / "README.md")
-    return Path(save_directory)
-
-
-def load_adapters(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> dict[str, GeneratedAdapter]:
-    """Reads what [`save_adapters`] / [`push_adapters_to_hub`] wrote: `{name: adapter}`, from a directory or a repo.
-
-    A directory without `index.json` is read as one adapter per subfolder holding an `adapter_config.json`.
-    """
-    root = Path(path_or_repo_id)
-    if not root.is_dir():
-        root = Path(snapshot_download(str(path_or_repo_id), revision=revision))
-    if (root / ADAPTERS_INDEX).is_file():
-        subfolders = _index_subfolders(json.loads((root / ADAPTERS_INDEX).read_text(encoding="utf-8")))
-    else:
-        found = sorted(root.glob(f"*/{ADAPTER_CONFIG}"))  # hidden folders: temporary writes cut short, not adapters
-        subfolders = {p.parent.name: p.parent.name for p in found if not p.parent.name.startswith(".")}
-    if not subfolders:
-        raise ValueError(
-            f"`{root}` holds no adapters: expected `{ADAPTERS_INDEX}` or subfolders with `{ADAPTER_CONFIG}`."
-        )
-    return {name: GeneratedAdapter.from_pretrained(root / sub) for name, sub in subfolders.items()}
-
-
-def _index_subfolders(index: Any) -> dict[str, str]:
-    """`{name: subfolder}` of an `index.json`: ours (`{"adapters": {name: {"subfolder": ...}}}`) or a list of
-    `{"path": ...}` entries (what `tagi-hf generate-adapter --instruction-file` writes)."""
-    if isinstance(index, dict):
-        return {name: entry["subfolder"] for name, entry in index["adapters"].items()}
-    return {entry.get("name", entry["path"]): entry["path"] for entry in index}
-
-
 def push_adapters_to_hub(
     adapters: Sequence[GeneratedAdapter],
     repo_id: str,
@@ -307,7 +224,7 @@ def push_adapters_to_hub(
     Each loads with `PeftModel.from_pretrained(base, repo_id, subfolder=name)`; all with [`load_adapters`].
     """
     released = [_release(a, generator_repo, generator_revision) for a in adapters]
-    named = _named(released, names)
+    named = named_adapters(released, names)
     token = _require_token(token)
     validate_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as tmp:

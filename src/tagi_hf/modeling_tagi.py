@@ -10,7 +10,6 @@ Forward pass, top to bottom (paper, Sec. 3):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,34 +24,12 @@ from transformers.utils import logging
 
 from .adapter import GeneratedAdapter
 from .configuration_tagi import TagiConfig
-from .fusion import FusionLayer, InstructionCrossAttention, InstructionKV, instruction_kv
+from .fusion import DecoderFusionGates, FusionLayer, InstructionCrossAttention, encoder_fusion_hook, instruction_kv
 from .hypernetwork import AdapterGenerator
 from .lora import install_lora_layers, lora_targets
+from .task_state import LoraFactors, TaskState, checkpointing_disabled, pad_instruction_states
 
 logger = logging.get_logger(__name__)
-
-LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class TaskState:
-    """Everything derived from a batch's instructions, computed once per task and reused by every instance.
-
-    Tensors have a leading task dimension: 1 (shared by the whole batch) or one row per example.
-    """
-
-    lora: LoraFactors
-    encoder_fusion: list[InstructionKV] | None = None
-    decoder_fusion: list[InstructionKV] | None = None
-
-    def select(self, index: torch.Tensor) -> TaskState:
-        """Rows of the state for each example (`index[i]` = task of example i)."""
-        pick = lambda seq: tuple(t.index_select(0, index) for t in seq)  # noqa: E731
-        return TaskState(
-            lora={name: pick(ab) for name, ab in self.lora.items()},
-            encoder_fusion=None if self.encoder_fusion is None else [pick(kv) for kv in self.encoder_fusion],
-            decoder_fusion=None if self.decoder_fusion is None else [pick(kv) for kv in self.decoder_fusion],
-        )
 
 
 @dataclass
@@ -60,25 +37,6 @@ class TagiSeq2SeqLMOutput(Seq2SeqLMOutput):
     """The backbone's outputs, plus the task state (generated factors) when `return_task_state=True`."""
 
     task_state: TaskState | None = None
-
-
-class DecoderFusionGates(nn.Module):
-    """One scalar gate per decoder layer on the instruction part of the decoder's attention (zero at init)."""
-
-    _tagi_init = ("zeros", None)
-
-    def __init__(self, num_layers: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(num_layers))
-
-
-def _encoder_fusion_hook(block: nn.Module, args, output):
-    """Forward hook on an encoder T5Block: applies the block's fusion layer when instruction state is set."""
-    fusion = getattr(block, "tagi_fusion", None)
-    if fusion is None:
-        return output
-    layer, instruction = fusion
-    return (layer(output[0], instruction), *output[1:])
 
 
 class TagiPreTrainedModel(PreTrainedModel):
@@ -152,7 +110,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         self.decoder_gates = DecoderFusionGates(text.num_decoder_layers)
         for block in self.backbone.encoder.block:
             block.tagi_fusion = None
-            block.register_forward_hook(_encoder_fusion_hook)
+            block.register_forward_hook(encoder_fusion_hook)
         for block in self.backbone.decoder.block:
             block.layer[1].EncDecAttention.__class__ = InstructionCrossAttention
 
@@ -232,7 +190,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         trainable = any(p.requires_grad for p in encoder.parameters())
         # Activation checkpointing would re-run these blocks during backward with the task state installed; a
         # frozen encoder needs no graph here at all, a trainable one is run without checkpointing.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable), _checkpointing_disabled(encoder):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable), checkpointing_disabled(encoder):
             states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weights = attention_mask[..., None].to(states.dtype)  # (tasks, len, 1): padding does not count
         pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (tasks, d_model)
@@ -274,7 +232,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         }
         if self.encoder_fusion is None:
             return TaskState(lora=factors)
-        states, mask = _pad_instruction_states(adapters, device)
+        states, mask = pad_instruction_states(adapters, device)
         return self._build_task_state(factors, states, mask)
 
     def _build_task_state(self, factors: LoraFactors, states: torch.Tensor, mask: torch.Tensor) -> TaskState:
@@ -422,7 +380,14 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         states, pooled, mask = self.encode_instructions(ids, mask)
         factors = self.generator(pooled)
         lengths = mask.sum(1).tolist()
-        provenance = self._adapter_provenance()
+        generator_config = self.config.to_diff_dict()
+        generator_config.pop("text_config", None)
+        provenance = {
+            "lora_alpha": self.config.lora_alpha,
+            "base_model_name_or_path": self.config.base_model_name_or_path,
+            "generator_config": generator_config,
+            "generator_name_or_path": self.config.name_or_path or None,
+        }
         return [
             GeneratedAdapter(
                 lora_factors={n: (a[i].cpu(), b[i].cpu()) for n, (a, b) in factors.items()},
@@ -432,40 +397,3 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             )
             for i, text in enumerate(texts)
         ]
-
-    def _adapter_provenance(self) -> dict:
-        generator_config = self.config.to_diff_dict()
-        generator_config.pop("text_config", None)
-        return {
-            "lora_alpha": self.config.lora_alpha,
-            "base_model_name_or_path": self.config.base_model_name_or_path,
-            "generator_config": generator_config,
-            "generator_name_or_path": self.config.name_or_path or None,
-        }
-
-
-@contextlib.contextmanager
-def _checkpointing_disabled(stack: nn.Module):
-    blocks = [m for m in stack.modules() if getattr(m, "gradient_checkpointing", False)]
-    for block in blocks:
-        block.gradient_checkpointing = False
-    try:
-        yield
-    finally:
-        for block in blocks:
-            block.gradient_checkpointing = True
-
-
-def _pad_instruction_states(adapters: Sequence[GeneratedAdapter], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pads per-adapter instruction states `(len_i, d)` to `(n, max_len, d)` with a mask `(n, max_len)`."""
-    if any(a.instruction_states is None for a in adapters):
-        raise ValueError("This TagiModel uses fusion, but an `adapter` has no instruction states (a plain LoRA).")
-    longest = max(a.instruction_states.shape[0] for a in adapters)
-    d_model = adapters[0].instruction_states.shape[1]
-    states = adapters[0].instruction_states.new_zeros(len(adapters), longest, d_model).to(device)
-    mask = torch.zeros(len(adapters), longest, dtype=torch.long, device=device)
-    for i, adapter in enumerate(adapters):
-        length = adapter.instruction_states.shape[0]
-        states[i, :length] = adapter.instruction_states.to(device)
-        mask[i, :length] = 1
-    return states, mask

@@ -1,10 +1,11 @@
-"""Generating many adapters with bounded memory: [`generate_adapters_to_disk`] streams them to disk batch by batch.
+"""Many adapters on disk: [`save_adapters`] / [`load_adapters`], and [`generate_adapters_to_disk`], which streams
+them to disk batch by batch with bounded memory.
 
-`TagiModel.generate_adapter(instructions)` returns every adapter at once, so memory grows with the number of
-instructions. Here only one batch of adapters lives at a time; what stays behind per instruction is its index entry
-(name, instruction text). The result is the layout of [`tagi_hf.hub.save_adapters`]: one PEFT LoRA directory per
-subfolder with its card, `index.json` and a top card, so [`tagi_hf.hub.load_adapters`] and
-[`tagi_hf.hub.push_generated`] read it.
+The layout: one PEFT LoRA directory per subfolder with its card, `index.json` and a top card (also what
+[`tagi_hf.hub.push_adapters_to_hub`] pushes and [`tagi_hf.hub.push_generated`] reads; `tagi_hf.hub` re-exports the
+two functions). `TagiModel.generate_adapter(instructions)` returns every adapter at once, so memory grows with the
+number of instructions; [`generate_adapters_to_disk`] keeps one batch of adapters alive at a time, and per
+instruction only its index entry (name, instruction text).
 """
 
 from __future__ import annotations
@@ -12,20 +13,26 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .hub import _NAME, _RESERVED_NAMES, ADAPTERS_INDEX, _default_name
+from huggingface_hub import snapshot_download
+
+from .adapter import ADAPTER_CONFIG, GeneratedAdapter
 from .model_card import adapter_model_card, adapters_model_card
 from .utils import atomic_directory
 
 if TYPE_CHECKING:
-    from .adapter import GeneratedAdapter
     from .modeling_tagi import TagiModel
 
-__all__ = ["generate_adapters_to_disk"]
+__all__ = ["generate_adapters_to_disk", "load_adapters", "save_adapters"]
+
+ADAPTERS_INDEX = "index.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_RESERVED_NAMES = {ADAPTERS_INDEX, "README.md", ".gitattributes"}
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,8 @@ def generate_adapters_to_disk(
         out_dir (`str` or `os.PathLike`): the folder to write.
         batch_size (`int`, defaults to 64): instructions per generator pass, and adapters held in memory.
         names (`Iterable[str]`, *optional*): subfolder names, one per instruction (default
-            `"000-<first words>"`, as [`tagi_hf.hub.save_adapters`]).
-        repo_id, license (`str`, *optional*): written into the cards, as in [`tagi_hf.hub.save_adapters`].
+            `"000-<first words>"`, as [`save_adapters`]).
+        repo_id, license (`str`, *optional*): written into the cards, as in [`save_adapters`].
 
     Returns:
         `Path`: `out_dir`.
@@ -104,7 +111,7 @@ def _write_batch(
     repo_id: str | None,
     license: str | None,
 ) -> dict[str, _CardRow]:
-    """Generates one batch and writes each adapter as [`tagi_hf.hub.save_adapters`] does; returns the card rows."""
+    """Generates one batch and writes each adapter as [`save_adapters`] does; returns the card rows."""
     adapters = model.generate_adapter([text for _, text in batch], tokenizer, batch_size=len(batch))
     rows = {}
     for (name, _), adapter in zip(batch, adapters):
@@ -153,3 +160,83 @@ def _check_name(name: str | None, index: int, seen: set[str]) -> str:
         raise ValueError(f"`names` holds the duplicate {name!r} (instruction {index}).")
     seen.add(name)
     return name
+
+
+def named_adapters(adapters: Sequence[GeneratedAdapter], names: Sequence[str] | None) -> dict[str, GeneratedAdapter]:
+    """`{subfolder name: adapter}`, the names checked (default: [`_default_name`])."""
+    adapters = list(adapters)
+    if not adapters:
+        raise ValueError("`adapters` is empty: there is nothing to save or push.")
+    names = list(names) if names is not None else [_default_name(i, a.instruction) for i, a in enumerate(adapters)]
+    if len(names) != len(adapters):
+        raise ValueError(f"`names` has {len(names)} entries for {len(adapters)} adapters.")
+    for name in names:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
+            raise ValueError(f"`names` entry {name!r} is not a valid subfolder name (letters, digits, `.`, `_`, `-`).")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`names` holds duplicates: {sorted({n for n in names if names.count(n) > 1})}.")
+    return dict(zip(names, adapters))
+
+
+def _default_name(index: int, instruction: str | None) -> str:
+    """`"003-reverse-the-order-of-words"`: ordered, unique, readable."""
+    slug = "-".join(re.findall(r"[a-z0-9]+", (instruction or "").lower())[:6])[:60].strip("-")
+    return f"{index:03d}-{slug}" if slug else f"{index:03d}"
+
+
+def save_adapters(
+    adapters: Sequence[GeneratedAdapter],
+    save_directory: str | os.PathLike,
+    *,
+    names: Sequence[str] | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
+) -> Path:
+    """Writes many adapters (atomically): one PEFT directory per subfolder, `index.json` and a top card.
+
+    `names` are the subfolders (default: `"000-<first words of the instruction>"`, ...). The layout of
+    [`tagi_hf.hub.push_adapters_to_hub`]; [`tagi_hf.hub.push_generated`] pushes such a directory.
+    """
+    named = named_adapters(adapters, names)
+    with atomic_directory(save_directory) as tmp:
+        for name, adapter in named.items():
+            card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
+            adapter.save_pretrained(tmp / name, model_card=card)
+        index = {
+            "adapters": {
+                name: {"subfolder": name, "instruction": a.instruction, "fusion": a.has_fusion}
+                for name, a in named.items()
+            },
+        }
+        (tmp / ADAPTERS_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        adapters_model_card(named, repo_id=repo_id, license=license).save(tmp / "README.md")
+    return Path(save_directory)
+
+
+def load_adapters(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> dict[str, GeneratedAdapter]:
+    """Reads what [`save_adapters`] / [`tagi_hf.hub.push_adapters_to_hub`] wrote: `{name: adapter}`, from a
+    directory or a Hub repo.
+
+    A directory without `index.json` is read as one adapter per subfolder holding an `adapter_config.json`.
+    """
+    root = Path(path_or_repo_id)
+    if not root.is_dir():
+        root = Path(snapshot_download(str(path_or_repo_id), revision=revision))
+    if (root / ADAPTERS_INDEX).is_file():
+        subfolders = _index_subfolders(json.loads((root / ADAPTERS_INDEX).read_text(encoding="utf-8")))
+    else:
+        found = sorted(root.glob(f"*/{ADAPTER_CONFIG}"))  # hidden folders: temporary writes cut short, not adapters
+        subfolders = {p.parent.name: p.parent.name for p in found if not p.parent.name.startswith(".")}
+    if not subfolders:
+        raise ValueError(
+            f"`{root}` holds no adapters: expected `{ADAPTERS_INDEX}` or subfolders with `{ADAPTER_CONFIG}`."
+        )
+    return {name: GeneratedAdapter.from_pretrained(root / sub) for name, sub in subfolders.items()}
+
+
+def _index_subfolders(index: Any) -> dict[str, str]:
+    """`{name: subfolder}` of an `index.json`: ours (`{"adapters": {name: {"subfolder": ...}}}`) or a list of
+    `{"path": ...}` entries (what `tagi-hf generate-adapter --instruction-file` writes)."""
+    if isinstance(index, dict):
+        return {name: entry["subfolder"] for name, entry in index["adapters"].items()}
+    return {entry.get("name", entry["path"]): entry["path"] for entry in index}
