@@ -10,7 +10,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -198,9 +198,10 @@ class SyntheticRecipe:
             data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed)))  # fmt: skip
 
     def tagi(self, name: str = "tagi", *, setting: str = "def", fusion: str | None = None, stage1: bool = True,
-             lambda_kl: float | None = None, lambda_ins: float | None = None) -> Path:  # fmt: skip
+             lambda_kl: float | None = None, lambda_ins: float | None = None,
+             learning_rate: float | None = None) -> Path:  # fmt: skip
         """Stage 2 for one variant (defaults: the full method of the settings)."""
-        s = self.s
+        s = self.s if learning_rate is None else replace(self.s, learning_rate=learning_rate)
         fusion = fusion or s.fusion
         kl = s.lambda_kl if lambda_kl is None else lambda_kl
         ins = s.lambda_ins if lambda_ins is None else lambda_ins
