@@ -80,10 +80,37 @@ def quality_tables(q: dict) -> list[str]:
                 f"| {mode} | {setting} | {m['rougeL']:.1f} | {m['drop_rougeL']:.1f} | {m['exact_match_strict']:.1f} | "
                 f"{m['drop_exact_match_strict']:.1f} |"
             )
+    lines += lr_table(q)
     t = q["teachers_on_own_tasks"]
     lines += ["", f"Reference (method 9), per-task LoRA teachers on their own training tasks ({t['note']}, "
               f"{t['tasks']} tasks): ROUGE-L {t['rougeL']:.1f}, EM {t['exact_match']:.1f}, strict EM "
               f"{t['exact_match_strict']:.1f}."]  # fmt: skip
+    return lines
+
+
+def lr_summary(q: dict) -> str:
+    """One line: the stage-2 learning rates tried and how the evaluated run was picked ("" for older results)."""
+    grid = q["meta"].get("stage2_lr_grid")
+    if not grid or "stage2_learning_rate" not in q:
+        return ""
+    return (f"Hypernetwork methods: each trained at stage-2 learning rates {', '.join(f'{lr:g}' for lr in grid)} "
+            "(same steps); the run with the lowest final training L_pred is evaluated.")  # fmt: skip
+
+
+def lr_table(q: dict) -> list[str]:
+    """Final training L_pred of every stage-2 learning rate tried, per method and setting; the chosen one in bold."""
+    chosen = q.get("stage2_learning_rate")
+    if not chosen:
+        return []
+    lines = ["", lr_summary(q), "", "| method | setting | final training L_pred per learning rate | chosen |"]
+    lines.append("|---|---|---|---:|")
+    for name, by_setting in chosen.items():
+        for setting, c in by_setting.items():
+            losses = ", ".join(
+                f"**{lr}: {v:.3f}**" if float(lr) == c["chosen"] else f"{lr}: {v:.3f}"
+                for lr, v in c["final_train_loss_pred"].items()
+            )
+            lines.append(f"| {name} | {setting} | {losses} | {c['chosen']:g} |")
     return lines
 
 
@@ -211,6 +238,7 @@ def render_report(results: Path, runtimes: dict[str, dict] | None = None) -> tup
         table += [f"| {t} | {'yes' if met else '**no**'} | {measured} |" for t, met, measured in targets]
         full += ["## Quality", "", quality_header(q), ""] + quality_tables(q) + ["", "Targets:", ""] + table + [""]
         short += [quality_header(q), ""] + quality_tables(q)[: len(q["methods"]) + 2] + [""]
+        short += [lr_summary(q), ""] if lr_summary(q) else []
         met = sum(m for _, m, _ in targets)
         short += [f"{met} of {len(targets)} quality targets met; see "
                   "[benchmarks/results/REPORT.md](benchmarks/results/REPORT.md).", ""]  # fmt: skip

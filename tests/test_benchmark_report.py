@@ -110,3 +110,38 @@ def test_variant_folders_are_distinct_single_path_components():
     assert slugs == ["tagi-hypernet-l-pred-only", "tagi-without-stage-1", "tagi-without-fusion", "tagi-without-l-kl",
                      "tagi-without-l-ins"]  # fmt: skip
     assert all("/" not in s for s in slugs) and len(set(slugs)) == len(slugs)
+
+
+def test_learning_rate_selection_is_reported_from_the_json(tmp_path):
+    ablations = {"TAGI w/o fusion": 50.0, "TAGI w/o stage 1": 70.0, "TAGI w/o L_kl": 75.0, "TAGI w/o L_ins": 78.0}
+    q = _quality(80.0, 80.5, 60.0, ablations, 40.0)
+    q["meta"]["stage2_lr_grid"] = [1e-3, 3e-4]
+    q["stage2_learning_rate"] = {
+        HINT: {"def": {"chosen": 3e-4, "final_train_loss_pred": {"0.001": 3.27, "0.0003": 1.97}}}
+    }
+    (tmp_path / "quality.json").write_text(json.dumps(q))
+    full, short = run_all.render_report(tmp_path, {})
+    assert f"| {HINT} | def | 0.001: 3.270, **0.0003: 1.970** | 0.0003 |" in full
+    assert "stage-2 learning rates 0.001, 0.0003 (same steps)" in short
+    del q["stage2_learning_rate"]  # results written before the grid existed render without the line
+    (tmp_path / "quality.json").write_text(json.dumps(q))
+    assert "stage-2 learning rates" not in run_all.render_report(tmp_path, {})[1]
+
+
+def test_lowest_final_training_loss_picks_the_learning_rate(tmp_path):
+    import quality
+
+    class Recipe:  # stands in for SyntheticRecipe: "trains" by writing a training log
+        s = type("S", (), {"learning_rate": 1e-3})()
+
+        def tagi(self, name, *, setting, learning_rate, **kwargs):
+            path = tmp_path / name
+            path.mkdir()
+            loss = {1e-3: 3.2, 3e-4: 1.9}[learning_rate]
+            log = [{"step": 100, "loss_pred": 9.0}, {"step": 200, "loss_pred": loss}, {"step": 200}]
+            (path / "training_log.json").write_text(json.dumps(log))
+            return path
+
+    path, chosen = quality.train_with_lr_grid(Recipe(), "tagi", "-def+2pos", "def+2pos", {}, (1e-3, 3e-4))
+    assert path == tmp_path / "tagi-lr0.0003-def+2pos"
+    assert chosen == {"chosen": 3e-4, "final_train_loss_pred": {"0.001": 3.2, "0.0003": 1.9}}
