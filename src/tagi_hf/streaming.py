@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,11 +96,24 @@ def generate_adapters_to_disk(
             rows.update(_write_batch(model, tokenizer, batch, tmp, repo_id, license))  # its adapters die on return
         if not rows:
             raise ValueError("`instructions` is empty: there is nothing to generate.")
-        entries = {n: {"subfolder": n, "instruction": r.instruction, "fusion": r.has_fusion} for n, r in rows.items()}
-        index = {"adapters": entries}
-        (tmp / ADAPTERS_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        adapters_model_card(rows, repo_id=repo_id, license=license).save(tmp / "README.md")
+        _write_index_and_card(tmp, rows, repo_id, license)
     return Path(out_dir)
+
+
+def _write_index_and_card(
+    root: Path, adapters: Mapping[str, GeneratedAdapter | _CardRow], repo_id: str | None, license: str | None
+) -> None:
+    """`index.json` and the top card of a folder of adapters (`{subfolder name: adapter or its card row}`)."""
+    entries = {n: {"subfolder": n, "instruction": a.instruction, "fusion": a.has_fusion} for n, a in adapters.items()}
+    text = json.dumps({"adapters": entries}, indent=2, ensure_ascii=False) + "\n"
+    (root / ADAPTERS_INDEX).write_text(text, encoding="utf-8")
+    adapters_model_card(adapters, repo_id=repo_id, license=license).save(root / "README.md")
+
+
+def _save_one(adapter: GeneratedAdapter, root: Path, name: str, repo_id: str | None, license: str | None) -> None:
+    """One adapter in subfolder `name`, its card pointing at that subfolder of `repo_id`."""
+    card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
+    adapter.save_pretrained(root / name, model_card=card)
 
 
 def _write_batch(
@@ -115,8 +128,7 @@ def _write_batch(
     adapters = model.generate_adapter([text for _, text in batch], tokenizer, batch_size=len(batch))
     rows = {}
     for (name, _), adapter in zip(batch, adapters):
-        card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
-        adapter.save_pretrained(root / name, model_card=card)
+        _save_one(adapter, root, name, repo_id, license)
         rows[name] = _card_row(adapter)
     return rows
 
@@ -154,12 +166,16 @@ def _named_batches(
 def _check_name(name: str | None, index: int, seen: set[str]) -> str:
     if name is None:
         raise ValueError(f"`names` ran out at instruction {index}: give one name per instruction.")
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
-        raise ValueError(f"`names` entry {name!r} is not a valid subfolder name (letters, digits, `.`, `_`, `-`).")
+    _check_name_format(name)
     if name in seen:
         raise ValueError(f"`names` holds the duplicate {name!r} (instruction {index}).")
     seen.add(name)
     return name
+
+
+def _check_name_format(name: Any) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
+        raise ValueError(f"`names` entry {name!r} is not a valid subfolder name (letters, digits, `.`, `_`, `-`).")
 
 
 def named_adapters(adapters: Sequence[GeneratedAdapter], names: Sequence[str] | None) -> dict[str, GeneratedAdapter]:
@@ -171,8 +187,7 @@ def named_adapters(adapters: Sequence[GeneratedAdapter], names: Sequence[str] | 
     if len(names) != len(adapters):
         raise ValueError(f"`names` has {len(names)} entries for {len(adapters)} adapters.")
     for name in names:
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED_NAMES:
-            raise ValueError(f"`names` entry {name!r} is not a valid subfolder name (letters, digits, `.`, `_`, `-`).")
+        _check_name_format(name)
     if len(set(names)) != len(names):
         raise ValueError(f"`names` holds duplicates: {sorted({n for n in names if names.count(n) > 1})}.")
     return dict(zip(names, adapters))
@@ -200,16 +215,8 @@ def save_adapters(
     named = named_adapters(adapters, names)
     with atomic_directory(save_directory) as tmp:
         for name, adapter in named.items():
-            card = adapter_model_card(adapter, repo_id=repo_id, subfolder=name, license=license)
-            adapter.save_pretrained(tmp / name, model_card=card)
-        index = {
-            "adapters": {
-                name: {"subfolder": name, "instruction": a.instruction, "fusion": a.has_fusion}
-                for name, a in named.items()
-            },
-        }
-        (tmp / ADAPTERS_INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        adapters_model_card(named, repo_id=repo_id, license=license).save(tmp / "README.md")
+            _save_one(adapter, tmp, name, repo_id, license)
+        _write_index_and_card(tmp, named, repo_id, license)
     return Path(save_directory)
 
 
