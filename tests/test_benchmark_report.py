@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import fit_report  # noqa: E402
 import run_all  # noqa: E402
 
 FT = "multi-task FT, instruction in context (Tk-Instruct analogue)"
@@ -145,3 +146,37 @@ def test_lowest_final_training_loss_picks_the_learning_rate(tmp_path):
     path, chosen = quality.train_with_lr_grid(Recipe(), "tagi", "-def+2pos", "def+2pos", {}, (1e-3, 3e-4))
     assert path == tmp_path / "tagi-lr0.0003-def+2pos"
     assert chosen == {"chosen": 3e-4, "final_train_loss_pred": {"0.001": 3.2, "0.0003": 1.9}}
+
+
+def _fit(em: float, ran: int = 0) -> dict:
+    by_op = {"reverse": {"exact_match": em - 10, "n": 4}, "sort": {"exact_match": em, "n": 6}}
+    return {"rougeL": em + 5, "exact_match": em, "exact_match_strict": em, "n": 10, "ran_to_limit": ran,
+            "by_operation": by_op}  # fmt: skip
+
+
+def _headline(teachers: float, ft: float, tagi: float, ran: int) -> dict:
+    q = _quality(tagi=tagi, ft=ft, hint=0.0, ablations={}, drop=40.0)
+    q["methods"] = {name: q["methods"][name] for name in (FT, "TAGI")}
+    for name in q["methods"]:
+        q["methods"][name]["def"] |= {"ran_to_limit": 0, "by_operation": _fit(50.0)["by_operation"]}
+    q["fit"] = {FT: {"def": _fit(ft)}, "TAGI": {"def": _fit(tagi, ran)}, fit_report.TEACHERS: {"def": _fit(teachers)}}
+    q["meta"] |= {"headline": True, "fit_rows": {"tasks": 60, "instances_per_task": 20, "note": "beyond the 500"}}
+    del q["teachers_on_own_tasks"]
+    return q
+
+
+def test_fit_targets_are_rendered_met_and_missed_from_the_json(tmp_path):
+    met = dict((t, (m, v)) for t, m, v in run_all.quality_targets(_headline(92.0, 86.0, 80.0, 0)))
+    assert met == {
+        f"def: {fit_report.TEACHERS} EM on unseen train instances >= 90": (True, "92.0"),
+        f"def: {FT} EM on unseen train instances >= 85": (True, "86.0"),
+        "def: no prediction runs to the length limit": (True, f"most: {FT} 0"),
+    }  # the headline check has no ablation: only the fit targets
+    missed = {t: m for t, m, _ in run_all.quality_targets(_headline(89.9, 84.0, 80.0, 3))}
+    assert not any(missed.values())
+    (tmp_path / "headline.json").write_text(json.dumps(_headline(92.0, 86.0, 80.0, 3)))
+    full, short = run_all.render_report(tmp_path, {})
+    assert "| TAGI | 85.0 | 80.0 | 80.0 | 3/10 |" in full and "| TAGI | 85.0 | 80.0 | 80.0 | 3/10 |" in short
+    assert "| reverse | 76.0 | 70.0 | 82.0 |" in full  # EM by operation: FT, TAGI, teachers (fit rows)
+    assert "| no prediction runs to the length limit | **no** | most: TAGI 3 |" not in full
+    assert "| def: no prediction runs to the length limit | **no** | most: TAGI 3 |" in full

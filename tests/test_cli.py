@@ -7,8 +7,8 @@ import torch
 import tagi_hf.predict as predict_module
 from tagi_hf import GeneratedAdapter
 from tagi_hf.cli import SUBCOMMANDS, main
-from tagi_hf.data import format_instruction, write_synthetic_suite
-from tagi_hf.predict import load_for_evaluation
+from tagi_hf.data import format_instruction, load_sni, write_synthetic_suite
+from tagi_hf.predict import load_for_evaluation, predict
 from test_predict import SNI_SAMPLE, save_tiny_models, write_rank_jsonl
 
 METRIC_KEYS = {"rougeL", "exact_match", "exact_match_strict", "n"}
@@ -62,6 +62,20 @@ def test_evaluate_on_the_synthetic_suite(dirs, suite, tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["tagi", "t5"])
+def test_evaluate_the_dev_split_without_instructions(dirs, suite, tmp_path, kind):
+    extra = ["--split", "dev", "--instruction-mode", "empty", "--max-instances-per-task", "1"]
+    metrics, records = _evaluate(tmp_path, dirs[kind], suite, *extra)
+    tasks = (suite / "splits" / "default" / "dev_tasks.txt").read_text().split()
+    _check_outputs(metrics, records, kind, dict.fromkeys(tasks, 1))
+    assert metrics["split"] == "dev" and metrics["instruction_mode"] == "empty"
+    rows = load_sni(suite, splits=("dev",), max_test_instances_per_task=1)["dev"]
+    model, tokenizer, _ = load_for_evaluation(dirs[kind], device="cpu")
+    quiet = dict(max_new_tokens=2, show_progress=False)  # as QUICK
+    direct = predict(model, tokenizer, rows, kind=kind, instruction_mode="empty", **quiet)
+    assert [r["prediction"] for r in records] == [r["prediction"] for r in direct]
+
+
+@pytest.mark.parametrize("kind", ["tagi", "t5"])
 def test_evaluate_on_the_sni_sample(dirs, tmp_path, kind):
     if not SNI_SAMPLE.is_dir():
         pytest.skip(f"the SNI sample is not at {SNI_SAMPLE} (shared data not checked out)")
@@ -98,10 +112,12 @@ def test_evaluate_rank_classification(dirs, tmp_path):
     assert set(result["per_dataset"]) == {"d1", "d2"} and result["kind"] == "tagi"
 
 
-def test_synth_is_deterministic(tmp_path):
+def test_synth_is_deterministic(tmp_path, capsys):
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         assert main(["synth", "--out", str(out), "--seed", "3", "--instances-per-task", "2"]) == 0
+    assert f"to {outs[1]}: 291 train, 32 dev, 51 test tasks." in capsys.readouterr().out
+    assert (outs[0] / "splits" / "default" / "dev_tasks.txt").read_text().count("\n") == 32
     files = [{p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.json*"))} for out in outs]
     assert files[0] == files[1] and len(files[0]) > 300
     task = json.loads(next((outs[0] / "tasks").iterdir()).read_text())

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -27,6 +28,11 @@ L = ["cat", "dog", "apple", "cat", "sun"]
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory) -> Path:
     return write_synthetic_suite(tmp_path_factory.mktemp("suite"), seed=0, instances_per_task=6)
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[int, dict[str, list[SyntheticTask]]]:
+    return {seed: build_synthetic_tasks(seed) for seed in (0, 1, 2)}
 
 
 def _read_split(root: Path, split: str) -> list[str]:
@@ -145,21 +151,56 @@ def test_names_and_definition_follow_the_spec():
     )
 
 
-def test_task_counts_are_in_the_documented_ranges():
-    for seed in (0, 1, 2):
-        tasks = build_synthetic_tasks(seed)
-        assert 150 <= len(tasks["train"]) <= 400 and 40 <= len(tasks["test"]) <= 100
-        names = [t.name for t in tasks["train"] + tasks["test"]]
-        assert len(set(names)) == len(names)
-    tasks = build_synthetic_tasks(0)
-    assert (len(tasks["train"]), len(tasks["test"])) == (323, 51)
+def test_task_counts_are_in_the_documented_ranges(splits):
+    for tasks in splits.values():
+        assert list(tasks) == ["train", "dev", "test"]
+        assert [len(tasks[split]) for split in tasks] == [291, 32, 51]  # train + dev: the spec's 323 train tasks
+        names = [t.name for t in tasks["train"] + tasks["dev"] + tasks["test"]]
+        assert len(set(names)) == len(names)  # disjoint
+
+
+def _digest(names) -> str:
+    return hashlib.sha256("".join(f"{name}\n" for name in names).encode()).hexdigest()
+
+
+def test_dev_is_carved_out_of_the_spec_train_tasks_and_test_is_unchanged(suite, splits):
+    # Digests of seed 0's train and test split files as written before the dev split existed.
+    names = sorted(t.name for t in splits[0]["train"] + splits[0]["dev"])
+    assert _digest(names) == "3ef55781cb27c909d3ee0848113d810621233e6fa169f1f5c266cad1538aa1b4"
+    test_file = (suite / "splits" / "default" / "test_tasks.txt").read_bytes()
+    assert hashlib.sha256(test_file).hexdigest() == "4da8ee6b76f1fa907ec34891ed626901e25399419303db2990ec18dcfdeda9e3"
+
+
+def test_dev_holds_whole_unseen_chain_types(splits):
+    held_chains = {">".join(chain) for chain in HELD_OUT_CHAINS}
+    for tasks in splits.values():
+        train_types = {t.chain_type for t in tasks["train"]}
+        dev_pairs = {t.chain_type for t in tasks["dev"] if len(t.ops) == 2}
+        dev_singles = [t for t in tasks["dev"] if len(t.ops) == 1]
+        assert len(dev_pairs) == 28 and not dev_pairs & train_types and not dev_pairs & held_chains
+        assert sum(len(t.ops) == 2 for t in tasks["dev"]) == 28  # one task per chain type, as in train
+        assert sorted(t.chain_type for t in dev_singles) == sorted(WORD_OPS)  # one word-parameter task per op
+        assert not {t.name for t in tasks["dev"]} & {t.name for t in tasks["train"] + tasks["test"]}
+        for task in tasks["dev"]:
+            assert not {str(p) for op in task.ops for p in op.params} & set(HELD_OUT_WORDS), task.name
+    assert {t.name for t in build_synthetic_tasks(0)["dev"]} == {t.name for t in splits[0]["dev"]}  # seeded
+    assert {t.chain_type for t in splits[0]["dev"]} != {t.chain_type for t in splits[1]["dev"]}
+
+
+def test_spec_rules_hold_for_train_after_the_dev_carve_out(splits):
+    for tasks in splits.values():
+        types = {t.chain_type for t in tasks["train"]}
+        singles = {chain for chain in types if ">" not in chain}
+        in_pairs = {op for chain in types if ">" in chain for op in chain.split(">")}
+        assert singles == set(OPERATIONS) and in_pairs == set(OPERATIONS)
 
 
 def test_held_out_structure_of_the_written_suite(suite):
-    train, test = _read_split(suite, "train"), _read_split(suite, "test")
-    assert not set(train) & set(test)
+    train, dev, test = (_read_split(suite, split) for split in ("train", "dev", "test"))
+    assert not set(train) & set(test) and not set(dev) & set(train + test)
+    assert dev == [t.name for t in build_synthetic_tasks(0)["dev"]]
     held_chains = {">".join(chain) for chain in HELD_OUT_CHAINS}
-    for name in train:
+    for name in train + dev:
         task = _read_task(suite, name)
         assert _chain(task) not in held_chains, name
         assert not set(name.removeprefix("synth_").split("_")) & set(HELD_OUT_WORDS), name
@@ -178,7 +219,7 @@ def test_every_op_appears_in_train_alone_and_in_a_pair(suite):
 
 
 def test_task_files_follow_the_spec(suite):
-    tasks = {task.name: task for task in build_synthetic_tasks(0)["train"] + build_synthetic_tasks(0)["test"]}
+    tasks = {task.name: task for split in build_synthetic_tasks(0).values() for task in split}
     assert sorted(tasks) == sorted(p.stem for p in (suite / "tasks").glob("*.json"))
     for name, task in tasks.items():
         data = _read_task(suite, name)
@@ -217,7 +258,7 @@ def test_rewrite_replaces_the_suite_and_keeps_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     write_synthetic_suite(tmp_path, seed=0, instances_per_task=1)
     write_synthetic_suite(tmp_path, seed=5, instances_per_task=1)
-    names = set(_read_split(tmp_path, "train") + _read_split(tmp_path, "test"))
+    names = set(_read_split(tmp_path, "train") + _read_split(tmp_path, "dev") + _read_split(tmp_path, "test"))
     assert {p.stem for p in (tmp_path / "tasks").glob("*.json")} == names
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "splits", "tasks"]
@@ -236,21 +277,30 @@ def test_loader_reads_the_written_suite(suite):
     assert row["category"] == raw["Categories"][0] and len(row["positive_examples"]) == 2
 
 
-def test_corpus_never_shows_test_tasks_or_held_out_parameters():
-    tasks = build_synthetic_tasks(0)
-    test_definitions = [task.definition for task in tasks["test"]]
-    train_definitions = {task.definition for task in tasks["train"]}
+def test_loader_reads_the_dev_split_in_file_order(suite):
+    dev = _read_split(suite, "dev")
+    rows = load_sni(suite, splits=("dev",), max_test_instances_per_task=4)["dev"]
+    assert list(dict.fromkeys(rows["task"])) == dev and len(rows) == 4 * len(dev)
+    assert list(rows["id"])[:4] == [f"{dev[0]}-{i}" for i in range(4)]  # the first instances, as for test
+
+
+def test_corpus_never_shows_dev_or_test_tasks_or_held_out_parameters(splits):
+    definitions = {split: {task.definition for task in tasks} for split, tasks in splits[0].items()}
     texts = synthetic_corpus(0, 400)
     assert texts == synthetic_corpus(0, 400) and texts != synthetic_corpus(1, 400)
     instances = [text for text in texts if text.startswith(PREFIX)]
     assert 100 < len(instances) < 300
     for text in instances:
-        assert any(text.startswith(d + " ") for d in train_definitions)
-        assert not any(text.startswith(d + " ") for d in test_definitions)
+        definition = text[: text.rindex(".") + 1]  # inputs and outputs hold no period
+        assert definition in definitions["train"], text
+        assert definition not in definitions["dev"] | definitions["test"], text
         assert not any(f"word {w}" in text or f"every {w}" in text or f"with {w}" in text for w in HELD_OUT_WORDS)
     for text in texts:
         if not text.startswith(PREFIX):
             assert 6 <= len(text.split()) <= 24 and set(text.split()) <= set(WORDS)
+    many = synthetic_corpus(0, 3000, instance_fraction=1.0)
+    seen = {text[: text.rindex(".") + 1] for text in many}
+    assert seen <= definitions["train"] and len(seen) > 250  # nearly every train task, and never a dev one
 
 
 def test_corpus_options():

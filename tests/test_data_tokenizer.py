@@ -12,9 +12,9 @@ def tokenizer():
 
 
 def _suite_texts() -> list[str]:
-    """Definitions, inputs and outputs of every task of the suite (train and test), plus prompts."""
+    """Definitions, inputs and outputs of every task of the suite (train, dev and test), plus prompts."""
     rng, texts = random.Random(0), []
-    for task in build_synthetic_tasks(0)["train"] + build_synthetic_tasks(0)["test"]:
+    for task in (task for split in build_synthetic_tasks(0).values() for task in split):
         inputs = [" ".join(rng.choices(WORDS, k=rng.randint(4, 7))) for _ in range(3)]
         texts += [task.definition, *inputs, *(task.output(text) for text in inputs)]
         texts.append(format_teacher_input("Definition: " + task.definition, inputs[0]))

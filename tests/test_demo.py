@@ -8,6 +8,7 @@ import pytest
 
 from tagi_hf.adapter import GeneratedAdapter
 from tagi_hf.cli import main
+from tagi_hf.data.synthetic import OPERATIONS
 from tagi_hf.pipeline import DEMO_INSTRUCTION
 
 TINY = {"--instances-per-task": 2, "--eval-instances-per-task": 1, "--vocab-size": 300, "--d-model": 16,
@@ -37,6 +38,12 @@ def test_demo_runs_every_stage_and_writes_its_table_and_metrics(demo, capsys):
     for scores in metrics["results"].values():
         assert scores["n"] == 51  # one instance of each of the 51 held-out test tasks
         assert 0 <= scores["exact_match_strict"] <= scores["exact_match"] <= 100 and 0 <= scores["rougeL"] <= 100
+    fit = metrics["train_tasks_unseen_instances"]
+    assert set(fit) == {"baseline (instruction in context)", "TAGI", "LoRA teachers (own task each)"}
+    for scores in fit.values():  # one unseen instance of each sampled train task (instance 2: 0-1 were trained on)
+        assert scores["n"] == 60 and 0 <= scores["exact_match"] <= 100 and 0 <= scores["ran_to_limit"] <= 60
+        assert set(scores["by_operation"]) <= set(OPERATIONS) and len(scores["by_operation"]) >= 10
+    assert "| LoRA teachers (own task each) |" in printed
     assert metrics["settings"]["d_model"] == 16 and metrics["settings"]["stage2_steps"] == 2
     assert set(metrics["stage_seconds"]) == {"data", "tokenizer", "backbone", "baseline", "teachers", "tagi-stage1",
                                              "tagi"}  # fmt: skip

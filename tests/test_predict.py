@@ -16,16 +16,9 @@ from tagi_hf.data import (
     train_tokenizer,
     write_synthetic_suite,
 )
-from tagi_hf.predict import (
-    GENERIC_DEFINITION,
-    derangement,
-    evaluate_model,
-    load_for_evaluation,
-    make_score_fn,
-    predict,
-    rank_classify_model,
-    task_instructions,
-)
+from tagi_hf.instruction_modes import GENERIC_DEFINITION, derangement, task_instructions
+from tagi_hf.instructions import tokenize_instructions
+from tagi_hf.predict import evaluate_model, load_for_evaluation, make_score_fn, predict, rank_classify_model
 from tagi_hf.rank_classification import option_nll
 from tiny import tiny_text_config
 
@@ -168,7 +161,7 @@ def _spy_instructions(monkeypatch, model):
     return calls, used
 
 
-@pytest.mark.parametrize("mode", ["own", "generic", "shuffled"])
+@pytest.mark.parametrize("mode", ["own", "generic", "shuffled", "empty"])
 def test_instruction_modes_change_the_instruction_given_to_the_generator(loaded, rows, monkeypatch, mode):
     model, tokenizer, kind = loaded["tagi"]
     calls, used = _spy_instructions(monkeypatch, model)
@@ -180,6 +173,8 @@ def test_instruction_modes_change_the_instruction_given_to_the_generator(loaded,
         assert calls[0] == [own[t] for t in tasks] and used == calls[0]
     elif mode == "generic":
         assert calls[0] == [format_instruction(GENERIC_DEFINITION)] and used == calls[0] * len(tasks)
+    elif mode == "empty":
+        assert calls[0] == [""] and used == [""] * len(tasks)
     else:
         assert sorted(calls[0]) == sorted(own.values())
         assert all(text != own[task] and text in own.values() for task, text in zip(tasks, used))
@@ -194,6 +189,50 @@ def test_t5_instruction_modes(loaded, rows, monkeypatch):
     assert set(seen) == {format_instruction(GENERIC_DEFINITION)} and len(seen) == len(rows)
 
 
+def _spy_generate(monkeypatch, model) -> list[torch.Tensor]:
+    """Records the `input_ids` of every `model.generate` call."""
+    fed, generate = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda **kwargs: fed.append(kwargs["input_ids"]) or generate(**kwargs))
+    return fed
+
+
+def test_t5_empty_mode_feeds_exactly_the_student_input(loaded, suite, monkeypatch):
+    model, tokenizer, kind = loaded["t5"]
+    subset = list(load_sni(suite, splits=("test",), max_test_instances_per_task=3)["test"].select(range(3)))
+    assert len({row["task"] for row in subset}) == 1  # one task: one batch of 3 below
+    expected = [tokenizer(format_student_input(row["input"]))["input_ids"] for row in subset]
+    outputs = [model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False) for ids in expected]
+    reference = [tokenizer.decode(output[0], skip_special_tokens=True).strip() for output in outputs]
+    fed = _spy_generate(monkeypatch, model)
+    records = predict(model, tokenizer, subset, kind=kind, instruction_mode="empty", batch_size=1, **GEN)
+    assert [ids[0].tolist() for ids in fed] == expected  # no definition, no "Now complete..." bridge: the input alone
+    assert [r["prediction"] for r in records] == reference
+    fed.clear()
+    batched = predict(model, tokenizer, subset, kind=kind, instruction_mode="empty", batch_size=3, **GEN)
+    padded = tokenizer([format_student_input(row["input"]) for row in subset], padding="longest", return_tensors="pt")
+    assert len(fed) == 1 and torch.equal(fed[0], padded["input_ids"])  # the batch a TAGI student gets
+    assert [r["prediction"] for r in batched] == reference
+
+
+def test_tagi_empty_mode_uses_the_adapter_generated_from_the_empty_text(loaded, rows, monkeypatch):
+    model, tokenizer, kind = loaded["tagi"]
+    subset = list(rows)[:3]
+    ids, _ = tokenize_instructions(tokenizer, [""], 256, allow_empty=True)
+    assert ids.tolist() == [[tokenizer.eos_token_id]]  # zero text tokens: EOS alone
+    adapter = model.generate_adapter("", tokenizer, allow_empty=True)
+    fed = _spy_generate(monkeypatch, model)
+    records = predict(model, tokenizer, subset, kind=kind, instruction_mode="empty", batch_size=1, **GEN)
+    for row, record, input_ids in zip(subset, records, fed):
+        batch = tokenizer(format_student_input(row["input"]), return_tensors="pt")
+        assert torch.equal(input_ids, batch["input_ids"])
+        output = model.generate(**batch, adapter=adapter, max_new_tokens=6)
+        assert record["prediction"] == tokenizer.decode(output[0], skip_special_tokens=True).strip()
+    own = predict(model, tokenizer, subset, kind=kind, batch_size=1, **GEN)
+    assert [r["prediction"] for r in own] != [r["prediction"] for r in records]  # the instruction mattered
+    with pytest.raises(ValueError, match="empty"):
+        model.generate_adapter("", tokenizer)  # outside the evaluation control, an empty instruction is refused
+
+
 def test_shuffled_is_a_seeded_derangement(rows):
     own = task_instructions(rows)
     first, again = (task_instructions(rows, instruction_mode="shuffled", seed=5) for _ in range(2))
@@ -206,6 +245,7 @@ def test_shuffled_is_a_seeded_derangement(rows):
 
 
 def test_invalid_modes_and_single_task(rows):
+    assert set(task_instructions(rows, instruction_mode="empty").values()) == {""}
     with pytest.raises(ValueError, match="instruction_mode"):
         task_instructions(rows, instruction_mode="random")
     one_task = [rows[0]]

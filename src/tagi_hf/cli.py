@@ -8,7 +8,8 @@ raised by a run is bad input: it prints `error: <message>` and exits with code 2
 
 ```
 tagi-hf synth --out synthetic-suite --seed 0
-tagi-hf evaluate --model runs/tagi --data-dir synthetic-suite --split test --output metrics.json
+tagi-hf evaluate --model runs/tagi --data-dir synthetic-suite --split dev --output dev-metrics.json  # choose settings
+tagi-hf evaluate --model runs/tagi --data-dir synthetic-suite --split test --output metrics.json     # report
 tagi-hf generate-adapter --model runs/tagi --instruction "Reverse the order of the words." --out reverse-adapter
 ```
 """
@@ -106,7 +107,9 @@ def positive_int(text: str) -> int:
 
 # --------------------------------------------------------------------------------------------------------- synth
 def _add_synth_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="Folder to write tasks/ and splits/default/ into.")
+    parser.add_argument(
+        "--out", required=True, help="Folder to write tasks/ and splits/default/{train,dev,test}_tasks.txt into."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the suite: same seed, same bytes.")
     parser.add_argument("--instances-per-task", type=positive_int, default=100, help="Instances per task.")
 
@@ -115,7 +118,10 @@ def _run_synth(args: argparse.Namespace) -> int:
     from .data import write_synthetic_suite
 
     out = write_synthetic_suite(args.out, seed=args.seed, instances_per_task=args.instances_per_task)
-    print(f"Wrote the synthetic suite (seed {args.seed}) to {out}")
+    files = {split: out / "splits" / "default" / f"{split}_tasks.txt" for split in ("train", "dev", "test")}
+    counts = ", ".join(f"{len(path.read_text().split())} {split}" for split, path in files.items())
+    print(f"Wrote the synthetic suite (seed {args.seed}) to {out}: {counts} tasks.")
+    print("Train on train; choose every setting on dev (whole tasks held out of training); report test.")
     return 0
 
 
@@ -125,7 +131,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="SNI-layout folder (tasks/*.json, splits/default/*.txt).")
     source.add_argument("--rank-classification", metavar="FILE.jsonl", help="Rank-classification JSONL instead.")
-    parser.add_argument("--split", default="test", help="Split to evaluate (needs splits/default/<split>_tasks.txt).")
+    parser.add_argument(
+        "--split", default="test", help="Split to evaluate, e.g. dev or test (needs splits/default/<split>_tasks.txt)."
+    )
     parser.add_argument("--setting", default="def", help="Instruction setting: def or def+Kpos (e.g. def+2pos).")
     parser.add_argument(
         "--max-instances-per-task", type=positive_int, default=100, help="First N instances of every task."
@@ -136,8 +144,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--instruction-mode",
         default="own",
-        choices=("own", "generic", "shuffled"),
-        help="own: the task's instruction; generic: 'Complete the task.'; shuffled: another task's (control).",
+        choices=("own", "generic", "shuffled", "empty"),
+        help="own: the task's instruction. Controls: generic: 'Complete the task.'; shuffled: another task's; empty: "
+        "none at all (T5 reads the input alone, as a TAGI student does; TAGI uses the adapter generated from '').",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the shuffled instruction mode.")
     parser.add_argument("--max-source-length", type=positive_int, default=512, help="Tokens kept of an input.")
@@ -278,7 +287,8 @@ def _maybe_push(args: argparse.Namespace, out: Path) -> int:
 
 # ------------------------------------------------------------------------------------------------------- parsing
 SUBCOMMANDS: list[Subcommand] = [
-    Subcommand("synth", "Write the synthetic instruction suite (SNI layout).", _add_synth_arguments, _run_synth),
+    Subcommand("synth", "Write the synthetic instruction suite (SNI layout; train, dev and test splits).",
+               _add_synth_arguments, _run_synth),
     Subcommand("evaluate", "Evaluate a TAGI or T5 model (SNI protocol or rank classification).",
                _add_evaluate_arguments, _run_evaluate),
     Subcommand("generate-adapter", "Generate LoRA adapters from instructions with a TagiModel.",

@@ -19,21 +19,28 @@ def check_tokenizer(tokenizer, vocab_size: int) -> None:
         )
 
 
-def validate_instructions(instructions: Sequence[str]) -> None:
-    """Empty or whitespace-only instructions carry no task: refuse them with the offending position."""
+def validate_instructions(instructions: Sequence[str], *, allow_empty: bool = False) -> None:
+    """Empty or whitespace-only instructions carry no task: refuse them with the offending position, unless
+    `allow_empty` (the no-instruction control of evaluation, `--instruction-mode empty`)."""
     if len(instructions) == 0:
         raise ValueError("`instructions` is empty.")
     for i, text in enumerate(instructions):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or not (allow_empty or text.strip()):
             raise ValueError(f"`instructions[{i}]` is empty or whitespace; an instruction must describe the task.")
 
 
 def tokenize_instructions(
-    tokenizer, instructions: Sequence[str], max_length: int, device: torch.device | str = "cpu"
+    tokenizer,
+    instructions: Sequence[str],
+    max_length: int,
+    device: torch.device | str = "cpu",
+    *,
+    allow_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenizes and right-pads instructions; longer ones are cut to `max_length` tokens (keeping EOS), with one
-    warning. Returns `input_ids` and `attention_mask`, both `(batch, len)`."""
-    validate_instructions(instructions)
+    warning. Empty ones are refused unless `allow_empty` (`""` is then EOS alone). Returns `input_ids` and
+    `attention_mask`, both `(batch, len)`."""
+    validate_instructions(instructions, allow_empty=allow_empty)
     encoded = tokenizer(list(instructions), add_special_tokens=True)["input_ids"]
     if any(len(ids) > max_length for ids in encoded):
         logger.warning_once(f"Instructions longer than `max_instruction_length`={max_length} tokens are truncated.")

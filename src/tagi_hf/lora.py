@@ -52,6 +52,12 @@ def lora_targets(config: TagiConfig) -> list[LoraTarget]:
     return targets
 
 
+def linear_target(model: nn.Module, name: str) -> LoraTarget:
+    """A target for the `nn.Linear` named `name` of `model` (kind and layer unknown: a teacher's module, say)."""
+    module = model.get_submodule(name)
+    return LoraTarget(name, "", 0, name.rsplit(".", 1)[1], module.in_features, module.out_features)
+
+
 def match_batch(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Lines up per-task state (first dim) with a batch: equal, broadcast from 1, or repeated for beams.
 

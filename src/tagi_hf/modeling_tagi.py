@@ -361,18 +361,18 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
     # -------------------------------------------------------------------------------------------- adapters out
     @torch.no_grad()
     def generate_adapter(
-        self, instructions: str | Sequence[str], tokenizer, *, batch_size: int = 64
+        self, instructions: str | Sequence[str], tokenizer, *, batch_size: int = 64, allow_empty: bool = False
     ) -> GeneratedAdapter | list[GeneratedAdapter]:
-        """Turns instruction text into [`GeneratedAdapter`]s (one generator forward per batch of instructions)."""
+        """Turns instruction text into [`GeneratedAdapter`]s (a generator forward per batch); `""` if `allow_empty`."""
         from .instructions import check_tokenizer, tokenize_instructions
 
         single = isinstance(instructions, str)
         texts = [instructions] if single else list(instructions)
         check_tokenizer(tokenizer, self.config.text_config.vocab_size)
-        adapters = []
+        adapters, limit = [], self.config.max_instruction_length
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            ids, mask = tokenize_instructions(tokenizer, chunk, self.config.max_instruction_length, self.device)
+            ids, mask = tokenize_instructions(tokenizer, chunk, limit, self.device, allow_empty=allow_empty)
             adapters.extend(self._adapters_from_ids(chunk, ids, mask))
         return adapters[0] if single else adapters
 

@@ -75,7 +75,9 @@ class DemoSettings:
     corpus_instance_fraction: float = 0.5  # share of train-task instances (vs random word lists) in the corpus
     standin_random_texts: int = 4000  # random word lists added to the formatted train instances (stand-in only)
     standin_boundary_probability: float = 0.5  # instance texts split at their output (see PrefixLMCollator)
+    standin_definition_fraction: float = 0.5  # instance texts with their definition in context (1.0: T0-like)
     backbone_steps: int = 1200
+    backbone_learning_rate: float = 2e-3
     baseline_steps: int = 1200
     teacher_steps: int = 400  # optimiser steps of the joint run that trains every task's teacher
     stage1_steps: int = 150
@@ -88,6 +90,7 @@ class DemoSettings:
     kl_temperature: float = 1.0
     learning_rate: float = 1e-3
     teacher_learning_rate: float = 2e-3
+    fit_tasks: int = 60  # seeded sample of train tasks scored on unseen instances (0: every train task)
     overwrite: bool = False
 
 
@@ -163,9 +166,10 @@ class SyntheticRecipe:
         s = self.s
         config = standin_config(len(self.tokenizer), d_model=s.d_model, num_layers=s.num_layers)
         random_texts = synthetic_corpus(s.seed, s.standin_random_texts, instance_fraction=0.0)
+        texts = instance_texts(self.train, s.seed, definition_fraction=s.standin_definition_fraction)
         return self._stage(self.out / "backbone", lambda p: pretrain_standin(
-            instance_texts(self.train, s.seed) + random_texts, self.tokenizer, p, config=config,
-            max_steps=s.backbone_steps, batch_size=s.batch_size, seed=s.seed,
+            texts + random_texts, self.tokenizer, p, config=config, max_steps=s.backbone_steps,
+            batch_size=s.batch_size, learning_rate=s.backbone_learning_rate, seed=s.seed,
             boundary_probability=s.standin_boundary_probability))  # fmt: skip
 
     def baseline(self, setting: str = "def") -> Path:
@@ -221,15 +225,45 @@ class SyntheticRecipe:
         return self._stage(self.out / name, build)
 
     def evaluate(self, model_dir: Path, *, setting: str = "def", instruction_mode: str = "own") -> dict:
+        from .fit import count_ran_to_limit
         from .predict import evaluate_model
 
-        tag = f"{model_dir.name}-{setting}-{instruction_mode}"
-        return evaluate_model(
+        tag, max_new_tokens = f"{model_dir.name}-{setting}-{instruction_mode}", 32
+        predictions = self.out / "eval" / f"predictions-{tag}.jsonl"
+        metrics = evaluate_model(
             str(model_dir), str(self.data_dir), split="test", setting=setting, instruction_mode=instruction_mode,
-            max_instances_per_task=self.s.eval_instances_per_task, batch_size=64, max_new_tokens=32,
-            output=str(self.out / "eval" / f"metrics-{tag}.json"),
-            predictions_file=str(self.out / "eval" / f"predictions-{tag}.jsonl"), show_progress=False,
+            max_instances_per_task=self.s.eval_instances_per_task, batch_size=64, max_new_tokens=max_new_tokens,
+            output=str(self.out / "eval" / f"metrics-{tag}.json"), predictions_file=str(predictions),
+            show_progress=False,
         )  # fmt: skip
+        texts = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
+        return metrics | {"ran_to_limit": count_ran_to_limit(texts, self.tokenizer, max_new_tokens)}
+
+    def fit_rows(self) -> list[dict]:
+        """Unseen instances of train tasks (`eval_instances_per_task` each, of `fit_tasks` seeded tasks)."""
+        from .fit import unseen_train_rows
+
+        s = self.s
+        return unseen_train_rows(self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed,
+                                 per_task=s.eval_instances_per_task, num_tasks=s.fit_tasks or None)  # fmt: skip
+
+    def evaluate_fit(self, model_dir: Path | None, *, setting: str = "def", max_new_tokens: int = 32) -> dict:
+        """How well a saved model (TAGI or T5) fits the train tasks: scores on their unseen instances ([`fit_rows`]).
+        `model_dir=None` scores the LoRA teachers, each on its own task. See [`tagi_hf.fit.summarise_predictions`]."""
+        from .fit import predict_with_teachers, summarise_predictions
+        from .predict import load_for_evaluation, predict
+        from .teachers import TeacherBank
+
+        rows = self.fit_rows()
+        if model_dir is None:
+            base = T5ForConditionalGeneration.from_pretrained(self.backbone())
+            bank = TeacherBank.from_directory(self.teachers())
+            records = predict_with_teachers(base, bank, self.tokenizer, rows, max_new_tokens=max_new_tokens)
+        else:
+            model, _, kind = load_for_evaluation(model_dir)
+            records = predict(model, self.tokenizer, rows, kind=kind, setting=setting, batch_size=64,
+                              max_new_tokens=max_new_tokens, show_progress=False)  # fmt: skip
+        return summarise_predictions(records, self.tokenizer, max_new_tokens)
 
 
 def run_demo(s: DemoSettings) -> dict:
@@ -239,7 +273,10 @@ def run_demo(s: DemoSettings) -> dict:
     recipe = SyntheticRecipe(s)
     methods = {"baseline (instruction in context)": recipe.baseline(), "TAGI": recipe.tagi()}
     results = {name: _headline(recipe.evaluate(path)) for name, path in methods.items()}
-    summary = {"settings": asdict(s), "results": results}
+    # Fit first: scores on unseen instances of the train tasks, for every model and for the LoRA teachers.
+    fit = {name: recipe.evaluate_fit(path) for name, path in methods.items()}
+    fit["LoRA teachers (own task each)"] = recipe.evaluate_fit(None)
+    summary = {"settings": asdict(s), "results": results, "train_tasks_unseen_instances": fit}
     summary["adapter_demo"] = _adapter_demo(methods["TAGI"], recipe.out / "adapter-demo")
     summary["stage_seconds"] = recipe.timings  # stages built by this run (a re-run skips finished stages)
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -281,7 +318,7 @@ def _save_tokenizer(path: Path, train: Dataset, corpus: list[str], vocab_size: i
 
 
 def _headline(metrics: dict) -> dict:
-    return {k: metrics[k] for k in ("rougeL", "exact_match", "exact_match_strict", "n")}
+    return {k: metrics[k] for k in ("rougeL", "exact_match", "exact_match_strict", "n", "ran_to_limit")}
 
 
 DEMO_INSTRUCTION = (
@@ -316,6 +353,12 @@ def format_demo_table(summary: dict) -> str:
         lines.append(
             f"| {name} | {m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['exact_match_strict']:.1f} | {m['n']} |"
         )
+    fit = summary.get("train_tasks_unseen_instances", {})
+    if fit:
+        lines += ["", "Fit: unseen instances of train tasks", "| model | ROUGE-L | EM | ran to limit | n |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['ran_to_limit']} | {m['n']} |"
+                  for name, m in fit.items()]  # fmt: skip
     demo = summary["adapter_demo"]
     lines += ["", f"Generated adapter for an unseen instruction: {demo['instruction']}"]
     lines += [f"  {r['input']!r} -> {r['output']!r} (expected {r['expected']!r})" for r in demo["examples"]]

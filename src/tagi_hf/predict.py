@@ -7,14 +7,14 @@ at most 128 new tokens, ROUGE-L and exact match per task, per category and overa
   [`~TagiModel.generate_adapter`] call, then decodes the task's instances with that adapter and the input alone.
 - A plain T5 (the instruction-in-context baseline) reads instruction and input together ([`format_teacher_input`]).
 
-Instruction modes, for controls: `"own"` (the task's instruction), `"generic"` (a definition naming no operation,
-[`GENERIC_DEFINITION`]) and `"shuffled"` (another task's instruction: a seeded derangement of the tasks).
+Instruction modes, for controls (`instruction_modes.py`): `"own"` (the task's instruction), `"generic"` (a definition
+naming no operation), `"shuffled"` (another task's instruction) and `"empty"` (none: T5 reads the input alone in the
+student format, TAGI uses the adapter generated from the empty text).
 """
 
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,10 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, T5ForCondit
 from transformers.utils import logging
 
 from . import TagiModel
-from .data import format_instruction, format_student_input, format_teacher_input, load_sni, parse_setting
+from .data import format_student_input, format_teacher_input, load_sni, parse_setting
 from .data.prompts import TEACHER_BRIDGE
 from .evaluation import compute_metrics
+from .instruction_modes import INSTRUCTION_MODES, task_instructions
 from .instructions import check_tokenizer
 from .rank_classification import IGNORE_INDEX, ScoreFn, load_rank_classification_jsonl, option_nll, rank_classification
 from .utils import atomic_write_text
@@ -35,9 +36,6 @@ from .utils import atomic_write_text
 logger = logging.get_logger(__name__)
 
 MODEL_KINDS = ("tagi", "t5")
-INSTRUCTION_MODES = ("own", "generic", "shuffled")
-GENERIC_DEFINITION = "Complete the task."
-"""Definition of the `"generic"` instruction mode: it names no operation (formatted like any definition)."""
 IN_CONTEXT_INSTRUCTION_LENGTH = 1024
 """Instruction tokens an in-context T5 input may hold on top of `max_source_length` (the collator's default)."""
 
@@ -81,47 +79,10 @@ def _vocab_size(model: PreTrainedModel) -> int:
     return model.config.text_config.vocab_size if isinstance(model, TagiModel) else model.config.vocab_size
 
 
-# -------------------------------------------------------------------------------------------------- instructions
+# -------------------------------------------------------------------------------------------------------- checks
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(choices)}; got {value!r}.")
-
-
-def derangement(n: int, seed: int) -> list[int]:
-    """A seeded random permutation of `range(n)` with no fixed point (Sattolo's algorithm: one n-cycle)."""
-    if n < 2:
-        raise ValueError(f"A derangement needs at least 2 items, got {n}.")
-    perm, rng = list(range(n)), random.Random(seed)
-    for i in range(n - 1, 0, -1):
-        j = rng.randrange(i)  # j < i: never leaves an item in place
-        perm[i], perm[j] = perm[j], perm[i]
-    return perm
-
-
-def task_instructions(
-    rows: Sequence[Row], *, setting: str = "def", instruction_mode: str = "own", seed: int = 0
-) -> dict[str, str]:
-    """
-    The instruction each task is evaluated with, `{task: instruction}` in order of first appearance.
-
-    `"own"`: [`format_instruction`] of the task's definition and first K positive examples (K from `setting`);
-    `"generic"`: `format_instruction(GENERIC_DEFINITION)` for every task (no examples, as they would reveal the
-    task); `"shuffled"`: the own instruction of another task, following `derangement(num_tasks, seed)`.
-    """
-    _check_choice("instruction_mode", instruction_mode, INSTRUCTION_MODES)
-    num_pos = parse_setting(setting)
-    first: dict[str, Row] = {}
-    for row in rows:
-        first.setdefault(row["task"], row)
-    own = {t: format_instruction(r["definition"], r.get("positive_examples") or [], num_pos) for t, r in first.items()}
-    tasks = list(own)
-    if instruction_mode == "generic":
-        return dict.fromkeys(tasks, format_instruction(GENERIC_DEFINITION))
-    if instruction_mode == "shuffled":
-        if len(tasks) < 2:
-            raise ValueError(f"`instruction_mode`='shuffled' needs at least 2 tasks, got {len(tasks)}.")
-        return {task: own[tasks[j]] for task, j in zip(tasks, derangement(len(tasks), seed))}
-    return own
 
 
 # -------------------------------------------------------------------------------------------------- tokenization
@@ -133,7 +94,9 @@ def _student_batch(tokenizer, inputs: Sequence[str], max_source_length: int, dev
 
 def _teacher_ids(tokenizer, instruction: str, input: str, max_instruction_length: int, max_source_length: int):
     """Token ids of an in-context input; when too long, the instruction is cut, never the instance (as in
-    [`TagiDataCollator`], which trains the baseline)."""
+    [`TagiDataCollator`], which trains the baseline). No instruction (`""`, the `empty` mode): the student input."""
+    if not instruction:  # exactly the ids `_student_batch` gives a TAGI student, before padding
+        return tokenizer(format_student_input(input), truncation=True, max_length=max_source_length)["input_ids"]
     limit = max_instruction_length + max_source_length
     ids = tokenizer(format_teacher_input(instruction, input))["input_ids"]
     if len(ids) <= limit:
@@ -178,8 +141,8 @@ def predict(
             `positive_examples`, `input` and `outputs`.
         setting (`str`): `"def"` or `"def+Kpos"`, the instruction format.
         batch_size (`int`): instances per `generate` call (and instructions per generator batch).
-        instruction_mode (`str`): `"own"`, `"generic"` or `"shuffled"` (see [`task_instructions`]); `seed` seeds
-            the shuffle.
+        instruction_mode (`str`): `"own"`, `"generic"`, `"shuffled"` or `"empty"` (see [`task_instructions`]);
+            `seed` seeds the shuffle.
         max_source_length (`int`): tokens kept of the instance input; an in-context T5 input holds up to
             [`IN_CONTEXT_INSTRUCTION_LENGTH`] more tokens of instruction, cut first when too long.
 
@@ -232,9 +195,10 @@ def _generate(model, tokenizer, instruction: str, inputs: list[str], state, max_
 
 
 def _task_adapters(model: TagiModel, tokenizer, instructions: Mapping[str, str], batch_size: int) -> dict:
-    """`{task: adapter}`, generated in one batched call; tasks sharing an instruction share its adapter."""
+    """`{task: adapter}`, generated in one batched call; tasks sharing an instruction share its adapter. The `empty`
+    mode's `""` is generated as is (EOS alone); no other mode yields an empty instruction."""
     unique = list(dict.fromkeys(instructions.values()))
-    adapters = dict(zip(unique, model.generate_adapter(unique, tokenizer, batch_size=batch_size)))
+    adapters = dict(zip(unique, model.generate_adapter(unique, tokenizer, batch_size=batch_size, allow_empty=True)))
     return {task: adapters[text] for task, text in instructions.items()}
 
 

@@ -139,14 +139,17 @@ def pretrain_standin(
     return output_dir
 
 
-def instance_texts(rows: Dataset, seed: int = 0) -> list[str]:
-    """Train instances as prefix-LM text: each row in the Tk-Instruct format (definition in context) or as the
-    student's input alone, at random (seeded), followed by its first output."""
+def instance_texts(rows: Dataset, seed: int = 0, *, definition_fraction: float = 0.5) -> list[str]:
+    """Train instances as prefix-LM text: each row in the Tk-Instruct format (definition in context, with
+    probability `definition_fraction`) or as the student's input alone, at random (seeded), followed by its first
+    output. `definition_fraction=1.0` makes the stand-in T0-like (instruction-tuned)."""
     from .data.prompts import format_instruction, format_student_input, format_teacher_input
 
+    if not 0.0 <= definition_fraction <= 1.0:
+        raise ValueError(f"`definition_fraction` must be in [0, 1], got {definition_fraction}.")
     rng, texts = random.Random(f"instance-texts:{seed}"), []
     for row in rows:
-        if rng.random() < 0.5:
+        if rng.random() < definition_fraction:
             prompt = format_teacher_input(format_instruction(row["definition"]), row["input"])
         else:
             prompt = format_student_input(row["input"])

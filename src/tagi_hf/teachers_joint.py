@@ -25,7 +25,7 @@ from transformers.utils import logging
 
 from .adapter import ADAPTER_WEIGHTS, GeneratedAdapter
 from .data import TagiDataCollator
-from .lora import LoraTarget, install_lora_layers
+from .lora import install_lora_layers, linear_target
 from .teachers import (
     GROUP_BY,
     TEACHER_INDEX,
@@ -90,18 +90,13 @@ def train_lora_teachers_jointly(
     keys = sorted(_group_indices(train_dataset, group_by))
     alpha = 2 * rank if lora_alpha is None else lora_alpha
     names = teacher_target_modules(model.config)
-    install_lora_layers(model, [_target(model, n) for n in names], alpha / rank)
+    install_lora_layers(model, [linear_target(model, n) for n in names], alpha / rank)
     modules = {n: model.get_submodule(n) for n in names}
     bank = _LoraBank(modules, len(keys), rank)
     losses = _fit(model, modules, bank, tokenizer, train_dataset, keys, group_by, max_steps, learning_rate,
                   batch_size, seed, max_input_length, max_target_length)  # fmt: skip
     _save(bank, keys, group_by, train_dataset, Path(output_dir), name, alpha, losses)
     return TeacherBank.from_directory(output_dir)
-
-
-def _target(model: nn.Module, name: str) -> LoraTarget:
-    module = model.get_submodule(name)
-    return LoraTarget(name, "", 0, name.rsplit(".", 1)[1], module.in_features, module.out_features)
 
 
 def _fit(model, modules, bank, tokenizer, dataset, keys, group_by, max_steps, lr, batch_size, seed, max_in, max_out):

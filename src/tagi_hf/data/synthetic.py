@@ -1,13 +1,20 @@
 """The synthetic instruction suite (contract: `spec/synthetic-suite.md`), written in the SNI layout.
 
-Tasks are chains of one or two word-list operations. The suite for a seed (same seed, same bytes):
+Tasks are chains of one or two word-list operations (`synthetic_ops.py`). The suite for a seed (same seed, same
+bytes) holds the spec's 323 train tasks, split into train and dev, and its 51 test tasks:
 
-Train (323 tasks):
+Spec train (323 tasks = train + dev):
     - every parameter-free op alone (8), every `k`-op with k = 1, 2, 3 (12), `join` with each separator (3) and
       `filter_letter` with each of the 17 first letters of `V` (17);
     - `remove`, `append`, `prepend` with 10 sampled non-held-out words each, `replace` with 15 sampled pairs (45);
     - one task, parameters sampled (no held-out word), for each of the 238 allowed ordered op pairs that is not a
       held-out chain. Allowed: the ops differ, a terminal op stands last, `upper` respects its constraints.
+Dev (32 tasks, held out of meta-training; every setting is chosen on it, the test split is only reported):
+    - every task of 28 whole chain types sampled from the 238 train pairs, so that dev, like test, asks for unseen
+      combinations of operations (the sample keeps every op in some train pair);
+    - one sampled single-op task of each of `remove`, `replace`, `append`, `prepend` (4), the dev counterpart of the
+      test's word-parameter tasks. Drawn with a random stream of its own: the test split does not depend on it.
+Train (291 tasks): the spec's train tasks minus dev. Every op still appears in train alone and in some pair.
 Test (51 tasks):
     - each of the 10 held-out chains with 3 distinct parameter draws from all of `V` (fewer when fewer exist:
       `reverse>upper` and `swap_ends>lengths` have one) (26);
@@ -25,243 +32,75 @@ import json
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers.utils import logging
 
+from .synthetic_ops import (
+    OPERATIONS,
+    WORDS,
+    SyntheticOp,
+    SyntheticTask,
+    allowed_pairs,
+    apply_chain,
+    chain_output,
+    param_space,
+    validate_chain,
+)
+
 logger = logging.get_logger(__name__)
 
-WORDS = tuple(
-    "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat "
-    "hill key kite lamp leaf lion map moon nest owl pen pig rain ring rose ship shoe star sun tree".split()
-)
+# The op language is re-exported: `tagi_hf.data.synthetic` held it before `synthetic_ops.py` existed.
+__all__ = [
+    "HELD_OUT_CHAINS",
+    "HELD_OUT_WORDS",
+    "build_synthetic_tasks",
+    "synthetic_corpus",
+    "write_synthetic_suite",
+    "OPERATIONS",
+    "WORDS",
+    "SyntheticOp",
+    "SyntheticTask",
+    "apply_chain",
+    "chain_output",
+    "validate_chain",
+]
+
 HELD_OUT_WORDS = ("owl", "kite", "drum", "rose", "gold")
 HELD_OUT_CHAINS = tuple(
     tuple(chain.split(">"))
     for chain in "reverse>upper sort>first double>last rotate>count dedup>join swap_ends>lengths append>reverse "
     "remove>sort filter_letter>count drop_first>double".split()
 )
-TERMINAL_OPS = frozenset({"count", "lengths", "join"})
-NOT_AFTER_UPPER = frozenset({"sort", "remove", "replace", "filter_letter", "append", "prepend", "dedup"})
 WORD_PARAM_OPS = ("remove", "replace", "append", "prepend")
-SEPARATORS = {"dash": "-", "plus": "+", "slash": "/"}
-LETTERS = tuple(sorted({word[0] for word in WORDS}))
-DEFINITION_PREFIX = "In this task you are given a list of words separated by spaces. "
 
 # Suite sizes (see the module docstring for the resulting task counts).
 TRAIN_WORDS_PER_OP = 10
 TRAIN_REPLACE_PAIRS = 15
 TEST_DRAWS_PER_CHAIN = 3
 TEST_REPLACE_PAIRS = 10
-
-
-@dataclass(frozen=True)
-class _OpSpec:
-    params: tuple[str, ...]  # parameter kinds: k (1-3), w / a / b (words of V), c (a letter), sep (a separator name)
-    sentence: str
-    apply: Callable[..., list[str]]
-
-
-def _swap_ends(tokens: list[str]) -> list[str]:
-    return tokens if len(tokens) < 2 else [tokens[-1], *tokens[1:-1], tokens[0]]
-
-
-OPERATIONS: dict[str, _OpSpec] = {
-    "reverse": _OpSpec((), "Reverse the order of the words.", lambda t: t[::-1]),
-    "sort": _OpSpec((), "Sort the words in alphabetical order.", sorted),
-    "first": _OpSpec(("k",), "Keep only the first {k} words.", lambda t, k: t[:k]),
-    "last": _OpSpec(("k",), "Keep only the last {k} words.", lambda t, k: t[-k:]),
-    "drop_first": _OpSpec(("k",), "Remove the first {k} words.", lambda t, k: t[k:]),
-    "upper": _OpSpec((), "Write every word in capital letters.", lambda t: [x.upper() for x in t]),
-    "double": _OpSpec((), "Repeat every word twice.", lambda t: [x for x in t for _ in (0, 1)]),
-    "remove": _OpSpec(("w",), "Remove every occurrence of the word {w}.", lambda t, w: [x for x in t if x != w]),
-    "replace": _OpSpec(("a", "b"), "Replace every {a} with {b}.", lambda t, a, b: [b if x == a else x for x in t]),
-    "rotate": _OpSpec(("k",), "Move the first {k} words to the end.", lambda t, k: t[k:] + t[:k]),
-    "swap_ends": _OpSpec((), "Swap the first and the last word.", _swap_ends),
-    "append": _OpSpec(("w",), "Add the word {w} at the end.", lambda t, w: [*t, w]),
-    "prepend": _OpSpec(("w",), "Add the word {w} at the beginning.", lambda t, w: [w, *t]),
-    "dedup": _OpSpec(
-        (), "Remove repeated words and keep the first occurrence of each.", lambda t: list(dict.fromkeys(t))
-    ),
-    "filter_letter": _OpSpec(
-        ("c",), "Keep only the words that start with the letter {c}.", lambda t, c: [x for x in t if x[:1] == c]
-    ),
-    "count": _OpSpec((), "Count the words and answer with a number.", lambda t: [str(len(t))]),
-    "lengths": _OpSpec((), "Replace each word with its number of letters.", lambda t: [str(len(x)) for x in t]),
-    "join": _OpSpec(
-        ("sep",), "Join the words with a {sep} instead of spaces.", lambda t, sep: [SEPARATORS[sep].join(t)]
-    ),
-}
-"""The 18 operations of the spec, in its order: parameter kinds, instruction sentence and semantics."""
-
-_DOMAINS: dict[str, tuple] = dict(k=(1, 2, 3), w=WORDS, a=WORDS, b=WORDS, c=LETTERS, sep=tuple(SEPARATORS))
-
-
-@dataclass(frozen=True)
-class SyntheticOp:
-    """
-    One operation with its parameters.
-
-    Example:
-
-    ```python
-    >>> SyntheticOp("first", (2,)).sentence, SyntheticOp("replace", ("cat", "dog")).slug
-    ('Keep only the first 2 words.', 'replace_cat_dog')
-    ```
-    """
-
-    name: str
-    params: tuple[int | str, ...] = ()
-
-    @property
-    def sentence(self) -> str:
-        """The op's instruction sentence with its parameters filled in."""
-        spec = OPERATIONS[self.name]
-        return spec.sentence.format(**dict(zip(spec.params, self.params)))
-
-    @property
-    def slug(self) -> str:
-        """The op and its parameters joined by `_`, as in task names (`first_2`, `replace_cat_dog`)."""
-        return "_".join([self.name, *map(str, self.params)])
-
-
-OpLike = SyntheticOp | tuple | str  # an op, a tuple `(name, *params)` such as `("first", 2)`, or a bare op name
-
-
-def _as_op(op: OpLike) -> SyntheticOp:
-    """Accept `SyntheticOp`, `("first", 2)` or `"reverse"`; check the name and parameters against the spec."""
-    if not isinstance(op, SyntheticOp):
-        op = SyntheticOp(op, ()) if isinstance(op, str) else SyntheticOp(op[0], tuple(op[1:]))
-    if op.name not in OPERATIONS:
-        raise ValueError(f"`ops` contains the unknown operation {op.name!r}; known: {', '.join(OPERATIONS)}.")
-    kinds = OPERATIONS[op.name].params
-    params = tuple(int(p) if kind == "k" and str(p).isdigit() else p for kind, p in zip(kinds, op.params))
-    if len(op.params) != len(kinds) or any(p not in _DOMAINS[kind] for kind, p in zip(kinds, params)):
-        raise ValueError(f"`ops`: invalid parameters {op.params!r} for {op.name!r} (expects {kinds}).")
-    if op.name == "replace" and params[0] == params[1]:
-        raise ValueError(f"`ops`: `replace` needs two different words, got {params!r}.")
-    return SyntheticOp(op.name, params)
-
-
-def validate_chain(ops: Sequence[OpLike]) -> tuple[SyntheticOp, ...]:
-    """
-    Check a chain (e.g. `[("reverse",), ("first", 2)]`) against the spec's rules; return it as `SyntheticOp`s.
-
-    Rules: one or two known ops with valid parameters; no repeated op; terminal ops (`count`, `lengths`, `join`)
-    only last; `upper` never before `sort`, `remove`, `replace`, `filter_letter`, `append`, `prepend`, `dedup`.
-    """
-    chain = tuple(_as_op(op) for op in ops)
-    names = [op.name for op in chain]
-    if not 1 <= len(chain) <= 2:
-        raise ValueError(f"`ops` must hold one or two operations, got {len(chain)}.")
-    if len(chain) == 2 and names[0] == names[1]:
-        raise ValueError(f"`ops` repeats the operation {names[0]!r}.")
-    if any(name in TERMINAL_OPS for name in names[:-1]):
-        raise ValueError(f"`ops`: terminal operations ({', '.join(sorted(TERMINAL_OPS))}) may only stand last.")
-    if names[0] == "upper" and names[-1] in NOT_AFTER_UPPER:
-        raise ValueError(f"`ops`: `upper` may not stand before {names[-1]!r}.")
-    return chain
-
-
-def apply_chain(ops: Sequence[OpLike], tokens: Sequence[str]) -> list[str]:
-    """
-    Apply a chain (checked by [`validate_chain`]) to a list of words, left to right, with the spec's semantics.
-    The result may be empty; [`chain_output`] writes the output text.
-
-    Example:
-
-    ```python
-    >>> apply_chain([("reverse",), ("first", 2)], ["cat", "dog", "sun"])
-    ['sun', 'dog']
-    ```
-    """
-    result = list(tokens)
-    for op in validate_chain(ops):
-        result = OPERATIONS[op.name].apply(result, *op.params)
-    return result
-
-
-def chain_output(ops: Sequence[OpLike], text: str) -> str:
-    """The output text of a chain on an input text: tokens joined by spaces, `none` when empty."""
-    return " ".join(apply_chain(ops, text.split())) or "none"
-
-
-@dataclass(frozen=True)
-class SyntheticTask:
-    """
-    A task of the suite: a validated chain of one or two operations.
-
-    Example:
-
-    ```python
-    >>> task = SyntheticTask.from_ops([("reverse",), ("first", 2)])
-    >>> task.name, task.chain_type
-    ('synth_reverse_then_first_2', 'reverse>first')
-    ```
-    """
-
-    ops: tuple[SyntheticOp, ...]
-
-    @classmethod
-    def from_ops(cls, ops: Sequence[OpLike]) -> "SyntheticTask":
-        return cls(validate_chain(ops))
-
-    @property
-    def name(self) -> str:
-        return "synth_" + "_then_".join(op.slug for op in self.ops)
-
-    @property
-    def chain_type(self) -> str:
-        return ">".join(op.name for op in self.ops)
-
-    @property
-    def definition(self) -> str:
-        sentences = [op.sentence for op in self.ops]
-        then = [f" Then {s[0].lower()}{s[1:]}" for s in sentences[1:]]
-        return DEFINITION_PREFIX + sentences[0] + "".join(then)
-
-    @property
-    def min_words(self) -> int:
-        """Fewest input words: 3, or k + 1 for the largest `k` of `first`, `last`, `drop_first`, `rotate`."""
-        return max([3] + [int(op.params[0]) + 1 for op in self.ops if OPERATIONS[op.name].params == ("k",)])
-
-    def output(self, text: str) -> str:
-        return chain_output(self.ops, text)
-
-
-def _param_space(name: str, words: Sequence[str] = WORDS) -> list[tuple]:
-    """Every parameter tuple of an op, word parameters drawn from `words`."""
-    if name == "replace":
-        return list(itertools.permutations(words, 2))
-    domains = [words if kind == "w" else _DOMAINS[kind] for kind in OPERATIONS[name].params]
-    return list(itertools.product(*domains))
-
-
-def _allowed_pairs() -> list[tuple[str, str]]:
-    """Every ordered op pair the chain rules allow (held-out chains included)."""
-    names = list(OPERATIONS)
-    pairs = [(a, b) for a in names for b in names if a != b and a not in TERMINAL_OPS]
-    return [(a, b) for a, b in pairs if not (a == "upper" and b in NOT_AFTER_UPPER)]
+DEV_CHAIN_TYPES = 28  # with the 4 word-op tasks, 32 dev tasks: about 10% of the spec's 323 train tasks
+DEV_TASKS_PER_WORD_OP = 1
 
 
 def _chain_tasks(rng: random.Random, pair: tuple[str, str], words: Sequence[str], count: int) -> list[SyntheticTask]:
     """`count` distinct parameter draws of an op pair (all of them when fewer exist)."""
-    space = list(itertools.product(*(_param_space(name, words) for name in pair)))
+    space = list(itertools.product(*(param_space(name, words) for name in pair)))
     draws = rng.sample(space, min(count, len(space)))
     return [SyntheticTask.from_ops([(name, *params) for name, params in zip(pair, draw)]) for draw in draws]
 
 
 def _train_tasks(rng: random.Random) -> list[SyntheticTask]:
+    """The spec's train tasks (train and dev together)."""
     words = [w for w in WORDS if w not in HELD_OUT_WORDS]
     tasks = []
     for name in OPERATIONS:
-        space = _param_space(name, words)
+        space = param_space(name, words)
         if name in WORD_PARAM_OPS:
             space = rng.sample(space, TRAIN_REPLACE_PAIRS if name == "replace" else TRAIN_WORDS_PER_OP)
         tasks += [SyntheticTask.from_ops([(name, *params)]) for params in space]
-    for pair in _allowed_pairs():
+    for pair in allowed_pairs():
         if pair not in HELD_OUT_CHAINS:
             tasks += _chain_tasks(rng, pair, words, 1)
     return tasks
@@ -272,17 +111,40 @@ def _test_tasks(rng: random.Random) -> list[SyntheticTask]:
     for pair in HELD_OUT_CHAINS:
         tasks += _chain_tasks(rng, pair, WORDS, TEST_DRAWS_PER_CHAIN)
     for name in WORD_PARAM_OPS:
-        space = [params for params in _param_space(name) if set(params) & set(HELD_OUT_WORDS)]
+        space = [params for params in param_space(name) if set(params) & set(HELD_OUT_WORDS)]
         space = rng.sample(space, TEST_REPLACE_PAIRS) if name == "replace" else space
         tasks += [SyntheticTask.from_ops([(name, *params)]) for params in space]
     return tasks
 
 
+def _dev_names(tasks: list[SyntheticTask], seed: int) -> set[str]:
+    """Names of the dev tasks carved out of the spec's train `tasks`: whole chain types and a few word-op tasks."""
+    rng = random.Random(f"synthetic-suite-dev:{seed}")  # a stream of its own: train and test draws are unchanged
+    pairs = sorted({task.chain_type for task in tasks if len(task.ops) == 2})
+    while True:  # the spec wants every op in some train pair; a sample that takes all pairs of an op is redrawn
+        dev_pairs = set(rng.sample(pairs, DEV_CHAIN_TYPES))
+        if {op for pair in pairs if pair not in dev_pairs for op in pair.split(">")} == set(OPERATIONS):
+            break
+    names = {task.name for task in tasks if task.chain_type in dev_pairs}
+    for op in WORD_PARAM_OPS:
+        names |= set(rng.sample(sorted(task.name for task in tasks if task.chain_type == op), DEV_TASKS_PER_WORD_OP))
+    return names
+
+
 def build_synthetic_tasks(seed: int = 0) -> dict[str, list[SyntheticTask]]:
-    """The suite's tasks for `seed`, sorted by name: `{"train": [...], "test": [...]}` (323 and 51 tasks)."""
+    """
+    The suite's tasks for `seed`, sorted by name: `{"train": [...], "dev": [...], "test": [...]}` (291, 32 and 51
+    tasks). Train and dev together are the spec's 323 train tasks; the module docstring says how dev is drawn.
+    """
     rng = random.Random(f"synthetic-suite:{seed}")
-    train, test = _train_tasks(rng), _test_tasks(rng)
-    return {"train": sorted(train, key=lambda t: t.name), "test": sorted(test, key=lambda t: t.name)}
+    spec_train, test = _train_tasks(rng), _test_tasks(rng)
+    dev = _dev_names(spec_train, seed)
+    splits = {
+        "train": [task for task in spec_train if task.name not in dev],
+        "dev": [task for task in spec_train if task.name in dev],
+        "test": test,
+    }
+    return {split: sorted(tasks, key=lambda t: t.name) for split, tasks in splits.items()}
 
 
 def _draw_input(rng: random.Random, min_words: int) -> str:
@@ -340,7 +202,7 @@ def _replace_dirs_atomically(out_dir: Path, files: dict[str, str]) -> None:
 
 def write_synthetic_suite(out_dir: str | Path, *, seed: int = 0, instances_per_task: int = 100) -> Path:
     """
-    Write the suite for `seed` to `out_dir` as `tasks/<name>.json` and `splits/default/{train,test}_tasks.txt`.
+    Write the suite for `seed` to `out_dir` as `tasks/<name>.json` and `splits/default/{train,dev,test}_tasks.txt`.
 
     Same arguments, same bytes. Existing `tasks/` and `splits/` folders under `out_dir` are replaced, each by one
     rename once everything is written; nothing else in `out_dir` is touched. `instances_per_task` defaults to the
@@ -357,15 +219,16 @@ def write_synthetic_suite(out_dir: str | Path, *, seed: int = 0, instances_per_t
     """
     if instances_per_task < 1:
         raise ValueError(f"`instances_per_task` must be >= 1, got {instances_per_task}.")
-    files = {}
-    for split, tasks in build_synthetic_tasks(seed).items():
+    files, splits = {}, build_synthetic_tasks(seed)
+    for split, tasks in splits.items():
         files[f"splits/default/{split}_tasks.txt"] = "".join(f"{task.name}\n" for task in tasks)
         for task in tasks:
             content = json.dumps(_task_json(task, seed, instances_per_task), indent=1, ensure_ascii=False)
             files[f"tasks/{task.name}.json"] = content + "\n"
     out_dir = Path(out_dir)
     _replace_dirs_atomically(out_dir, files)
-    logger.info(f"Wrote the synthetic suite (seed {seed}, {len(files) - 2} tasks) to {out_dir}.")
+    counts = ", ".join(f"{len(tasks)} {split}" for split, tasks in splits.items())
+    logger.info(f"Wrote the synthetic suite (seed {seed}; {counts} tasks) to {out_dir}.")
     return out_dir
 
 
@@ -377,7 +240,7 @@ def synthetic_corpus(
 
     Each text is a random sequence of 6 to 24 words of `V` or, with probability `instance_fraction`, an instance of
     a random **train** task of the suite for `seed`, written `"{definition} {input} {output}"` (without the
-    definition when `with_instructions=False`). No test task, held-out chain or held-out parameter word occurs.
+    definition when `with_instructions=False`). No dev or test task, held-out chain or held-out parameter word occurs.
 
     Example:
 

@@ -1,0 +1,91 @@
+"""Tables of how well the benchmark's models fit their training tasks (issue 11), rendered from `quality.json` or
+`headline.json`: scores on unseen instances of train tasks, exact match per operation (train and test tasks), and
+the fit targets. Used by `run_all.py`; nothing here trains or evaluates."""
+
+from __future__ import annotations
+
+FT = "multi-task FT, instruction in context (Tk-Instruct analogue)"
+TEACHERS = "per-task LoRA teachers (own task each)"
+FIT_TARGETS = {TEACHERS: 90.0, FT: 85.0}  # exact match on unseen instances of train tasks, x100
+
+
+def _settings(q: dict) -> list[str]:
+    return list(next(iter(q["methods"].values())))
+
+
+def fit_table(q: dict) -> list[str]:
+    """Per method (and the teachers): ROUGE-L, EM, strict EM and outputs that ran to the length limit, on unseen
+    instances of train tasks, for every prompt setting."""
+    settings, meta = _settings(q), q["meta"].get("fit_rows", {})
+    lines = [
+        f"Fit: unseen instances of train tasks ({meta.get('tasks') or 'all'} train tasks, "
+        f"{meta.get('instances_per_task', '?')} instances each; {meta.get('note', '')}).",
+        "",
+        "| method | " + " | ".join(f"{s}: ROUGE-L | EM | strict EM | ran to limit" for s in settings) + " |",
+        "|---|" + "---:|---:|---:|---:|" * len(settings),
+    ]
+    for name, by_setting in q["fit"].items():
+        cells = []
+        for s in settings:
+            m = by_setting.get(s)
+            cells.append(
+                "- | - | - | -"
+                if m is None
+                else f"{m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['exact_match_strict']:.1f} | "
+                f"{m['ran_to_limit']}/{m['n']}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def operation_table(rows: dict[str, dict], title: str) -> list[str]:
+    """Exact match per operation (rows) and method (columns); `rows`: `{method: summary with by_operation}`."""
+    methods = [name for name, m in rows.items() if m.get("by_operation")]
+    if not methods:
+        return []
+    ops = sorted({op for name in methods for op in rows[name]["by_operation"]})
+    lines = [title, "", "| operation | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for op in ops:
+        cells = [rows[name]["by_operation"].get(op, {}).get("exact_match") for name in methods]
+        lines.append(f"| {op} | " + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) + " |")
+    return lines
+
+
+def fit_tables(q: dict) -> list[str]:
+    """Everything about fit for the report: the fit table and EM by operation on train and test tasks."""
+    if "fit" not in q:
+        return []
+    setting = _settings(q)[0]
+    fit_rows = {name: by_setting[setting] for name, by_setting in q["fit"].items() if setting in by_setting}
+    test_rows = {name: by_setting[setting] for name, by_setting in q["methods"].items()}
+    return [
+        *fit_table(q),
+        "",
+        *operation_table(fit_rows, f"Exact match by operation, unseen instances of train tasks ({setting}):"),
+        "",
+        *operation_table(test_rows, f"Exact match by operation, held-out test tasks ({setting}):"),
+    ]
+
+
+def fit_targets(q: dict) -> list[tuple[str, bool, str]]:
+    """(target, met, measured): teachers >= 90 EM and in-context FT >= 85 EM on unseen instances of train tasks, and
+    no prediction of any model running to the length limit (train and test tasks)."""
+    if "fit" not in q:
+        return []
+    out = []
+    for setting in _settings(q):
+        for name, target in FIT_TARGETS.items():
+            m = q["fit"].get(name, {}).get(setting)
+            if m is not None:
+                em = m["exact_match"]
+                out.append((f"{setting}: {name} EM on unseen train instances >= {target:g}", em >= target,
+                            f"{em:.1f}"))  # fmt: skip
+        runaway = {name: by[setting]["ran_to_limit"] for name, by in q["fit"].items() if setting in by}
+        runaway.update(
+            {f"{name} (test)": by[setting]["ran_to_limit"] for name, by in q["methods"].items()
+             if "ran_to_limit" in by[setting]}
+        )  # fmt: skip
+        worst = max(runaway, key=runaway.get)
+        out.append((f"{setting}: no prediction runs to the length limit", runaway[worst] == 0,
+                    f"most: {worst} {runaway[worst]}"))  # fmt: skip
+    return out
