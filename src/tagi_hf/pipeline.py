@@ -67,21 +67,21 @@ class DemoSettings:
 
     out: str = "runs/demo"
     seed: int = 0
-    instances_per_task: int = 60
+    instances_per_task: int = 300  # fresh data per step: with 60, models memorised their instances
     eval_instances_per_task: int = 20
     vocab_size: int = 600
     d_model: int = 96
     num_layers: int = 2
     corpus_instance_fraction: float = 0.5  # share of train-task instances (vs random word lists) in the corpus
     standin_random_texts: int = 4000  # random word lists added to the formatted train instances (stand-in only)
-    standin_boundary_probability: float = 0.5  # instance texts split at their output (see PrefixLMCollator)
-    standin_definition_fraction: float = 0.5  # instance texts with their definition in context (1.0: T0-like)
-    backbone_steps: int = 1200
+    standin_boundary_probability: float = 0.9  # instance texts split at their output (see PrefixLMCollator)
+    standin_definition_fraction: float = 1.0  # instance texts with their definition in context (1.0: T0-like)
+    backbone_steps: int = 2400  # the stand-in does most of the learning; the baseline continues from it
     backbone_learning_rate: float = 2e-3
-    baseline_steps: int = 1200
-    teacher_steps: int = 400  # optimiser steps of the joint run that trains every task's teacher
+    baseline_steps: int = 300
+    teacher_steps: int = 600  # optimiser steps of the joint run that trains every task's teacher
     stage1_steps: int = 150
-    stage2_steps: int = 1500
+    stage2_steps: int = 1200
     batch_size: int = 32
     lora_rank: int = 8
     fusion: str = "cross_attention"
@@ -89,7 +89,7 @@ class DemoSettings:
     lambda_ins: float = 0.1
     kl_temperature: float = 1.0
     learning_rate: float = 1e-3
-    teacher_learning_rate: float = 2e-3
+    teacher_learning_rate: float = 5e-3
     fit_tasks: int = 60  # seeded sample of train tasks scored on unseen instances (0: every train task)
     overwrite: bool = False
 

@@ -2,11 +2,14 @@
 
 A small T5 is trained from scratch with a prefix-LM objective (the objective of T5-LM-adapt) on text the spec lets
 it see: random word sequences of the suite's vocabulary (`synthetic_corpus`), and instances of **train** tasks
-written in the prompt formats (`instance_texts`): half with their definition in context (Tk-Instruct format), half
-as the input alone. Instance texts are split at the start of the output with probability `boundary_probability`
-(else at a random token), so the stand-in learns the formats and the copying and reordering the operations share.
-It never sees a test task, a held-out chain or a held-out word used as a parameter. Because half of its instances
-carry their definitions, the stand-in sits between LM-adapt and an instruction-tuned base (T0); the results say so.
+written in the prompt formats (`instance_texts`): with their definition in context (Tk-Instruct format) with
+probability `definition_fraction`, else as the input alone. Instance texts are split at the start of the output with
+probability `boundary_probability` (else at a random token), so the stand-in learns the formats and the copying and
+reordering the operations share. It never sees a dev or test task, a held-out chain or a held-out word used as a
+parameter. The recipe's default (`definition_fraction=1.0`) makes the stand-in T0-like: instruction-tuned on the
+train tasks, the paper's T0 base rather than T5-LM-adapt (both are legitimate; the results say which was used). It
+is the cheapest route to a backbone that fits its tasks on 2 CPU cores (probe log:
+`benchmarks/results/probes/README.md`).
 """
 
 from __future__ import annotations
