@@ -51,6 +51,21 @@ def operation_table(rows: dict[str, dict], title: str) -> list[str]:
     return lines
 
 
+def dev_table(q: dict) -> list[str]:
+    """Scores on the dev split (whole train chain types held out from meta-training; where settings are chosen)."""
+    if not q.get("dev"):
+        return []
+    settings = _settings(q)
+    lines = ["Dev split (train chain types held out from meta-training, never trained on; settings are chosen here):",
+             "", "| method | " + " | ".join(f"{s}: ROUGE-L | EM | strict EM" for s in settings) + " |",
+             "|---|" + "---:|---:|---:|" * len(settings)]  # fmt: skip
+    for name, by_setting in q["dev"].items():
+        cells = [" | ".join(f"{by_setting[s][k]:.1f}" for k in ("rougeL", "exact_match", "exact_match_strict"))
+                 if s in by_setting else "- | - | -" for s in settings]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def fit_tables(q: dict) -> list[str]:
     """Everything about fit for the report: the fit table and EM by operation on train and test tasks."""
     if "fit" not in q:
@@ -64,6 +79,8 @@ def fit_tables(q: dict) -> list[str]:
         *operation_table(fit_rows, f"Exact match by operation, unseen instances of train tasks ({setting}):"),
         "",
         *operation_table(test_rows, f"Exact match by operation, held-out test tasks ({setting}):"),
+        "",
+        *dev_table(q),
     ]
 
 

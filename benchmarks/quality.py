@@ -139,7 +139,7 @@ def run(
 ) -> dict:
     recipe = SyntheticRecipe(settings)
     started = time.time()
-    results: dict = {"methods": {}, "fit": {}, "sensitivity": {}}
+    results: dict = {"methods": {}, "fit": {}, "dev": {}, "sensitivity": {}}
     variants = {"TAGI": {}} if headline else VARIANTS
     for setting in prompt_settings:
         suffix = "" if setting == "def" else f"-{setting}"
@@ -153,6 +153,9 @@ def run(
         for name, path in models.items():
             results["methods"].setdefault(name, {})[setting] = summarise(recipe.evaluate(path, setting=setting))
             results["fit"].setdefault(name, {})[setting] = recipe.evaluate_fit(path, setting=setting)
+            dev = summarise(recipe.evaluate(path, setting=setting, split="dev"))  # where settings are to be chosen
+            dev.pop("by_kind")  # the test split's two kinds; dev tasks are train-like chains and words
+            results["dev"].setdefault(name, {})[setting] = dev
         tagi = models["TAGI"]
         own = results["methods"]["TAGI"][setting]
         for mode in ("generic", "shuffled"):

@@ -28,7 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from cost_report import GOAL_LABELS, METHOD_LABELS, plot_cost, render_markdown  # noqa: E402
-from fit_report import fit_tables, fit_targets  # noqa: E402
+from fit_report import fit_table, fit_tables, fit_targets  # noqa: E402
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 STEPS = ("quality", "cost", "memory")
@@ -143,13 +143,23 @@ def quality_targets(q: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
-def headline_section(h: dict) -> list[str]:
-    """The headline check: its header, the test-task table, the fit tables and its targets."""
+def stage_costs(meta: dict) -> str:
+    """One line: the wall time of every stage the run trained (cached stages are not listed)."""
+    stages = meta.get("stage_seconds") or {}
+    if not stages:
+        return "No stage was trained by this run (all reused)."
+    return "Stage wall times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "."
+
+
+def headline_section(h: dict, full: bool = True) -> list[str]:
+    """The headline check: header, stage costs, test-task tables, fit tables and targets (`full=False`: the
+    README's cut, without the per-operation tables)."""
     targets = quality_targets(h)
     table = ["| target | met | measured |", "|---|---|---|"]
     table += [f"| {t} | {'yes' if met else '**no**'} | {measured} |" for t, met, measured in targets]
-    head = quality_tables(h)[: len(h["methods"]) + 2]
-    return [quality_header(h), "", *head, "", *fit_tables(h), "", "Targets:", "", *table]
+    tests = quality_tables(h) if full else quality_tables(h)[: len(h["methods"]) + 2]
+    fit = fit_tables(h) if full else fit_table(h)
+    return [quality_header(h), "", stage_costs(h["meta"]), "", *tests, "", *fit, "", "Targets:", "", *table]
 
 
 def quality_header(q: dict) -> str:
@@ -260,9 +270,9 @@ def render_report(results: Path, runtimes: dict[str, dict] | None = None) -> tup
     else:
         full += ["## Quality", "", "No `quality.json` yet.", ""]
     if headline is not None:
-        section = headline_section(headline)
-        full += ["## Headline check (`python benchmarks/quality.py --headline`)", "", *section, ""]
-        short += ["Headline check (`python benchmarks/quality.py --headline`):", "", *section, ""]
+        full += ["## Headline check (`python benchmarks/quality.py --headline`)", "", *headline_section(headline), ""]
+        short += ["Headline check (`python benchmarks/quality.py --headline`):", ""]
+        short += [*headline_section(headline, full=False), ""]
     if cost is not None:
         cost_markdown = render_markdown(cost)
         full += ["## Cost", "", cost_markdown, ""]

@@ -161,6 +161,7 @@ def _headline(teachers: float, ft: float, tagi: float, ran: int) -> dict:
         q["methods"][name]["def"] |= {"ran_to_limit": 0, "by_operation": _fit(50.0)["by_operation"]}
     q["fit"] = {FT: {"def": _fit(ft)}, "TAGI": {"def": _fit(tagi, ran)}, fit_report.TEACHERS: {"def": _fit(teachers)}}
     q["meta"] |= {"headline": True, "fit_rows": {"tasks": 60, "instances_per_task": 20, "note": "beyond the 500"}}
+    q["dev"] = {FT: {"def": _fit(70.0)}, "TAGI": {"def": _fit(40.0)}}
     del q["teachers_on_own_tasks"]
     return q
 
@@ -180,3 +181,4 @@ def test_fit_targets_are_rendered_met_and_missed_from_the_json(tmp_path):
     assert "| reverse | 76.0 | 70.0 | 82.0 |" in full  # EM by operation: FT, TAGI, teachers (fit rows)
     assert "| no prediction runs to the length limit | **no** | most: TAGI 3 |" not in full
     assert "| def: no prediction runs to the length limit | **no** | most: TAGI 3 |" in full
+    assert "Dev split" in full and "| TAGI | 45.0 | 40.0 | 40.0 |" in full

@@ -224,14 +224,18 @@ class SyntheticRecipe:
 
         return self._stage(self.out / name, build)
 
-    def evaluate(self, model_dir: Path, *, setting: str = "def", instruction_mode: str = "own") -> dict:
+    def evaluate(
+        self, model_dir: Path, *, setting: str = "def", instruction_mode: str = "own", split: str = "test"
+    ) -> dict:
+        """Scores on the held-out `split` ("test", or "dev" where settings are chosen), with `ran_to_limit`."""
         from .fit import count_ran_to_limit
         from .predict import evaluate_model
 
         tag, max_new_tokens = f"{model_dir.name}-{setting}-{instruction_mode}", 32
+        tag = tag if split == "test" else f"{tag}-{split}"
         predictions = self.out / "eval" / f"predictions-{tag}.jsonl"
         metrics = evaluate_model(
-            str(model_dir), str(self.data_dir), split="test", setting=setting, instruction_mode=instruction_mode,
+            str(model_dir), str(self.data_dir), split=split, setting=setting, instruction_mode=instruction_mode,
             max_instances_per_task=self.s.eval_instances_per_task, batch_size=64, max_new_tokens=max_new_tokens,
             output=str(self.out / "eval" / f"metrics-{tag}.json"), predictions_file=str(predictions),
             show_progress=False,
