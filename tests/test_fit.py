@@ -89,3 +89,21 @@ def test_teachers_predict_in_one_mixed_batch_as_each_does_alone_with_peft(tmp_pa
         assert [r["prediction"] for r in records if r["task"] == task] == expected
     plain = T5ForConditionalGeneration.from_pretrained(tmp_path / "t5").eval()
     assert torch.equal(plain.lm_head.weight, t5.lm_head.weight)
+
+
+def test_an_interrupted_stage_is_built_again_and_a_finished_one_skipped(tmp_path):
+    from tagi_hf.pipeline import _stage, stage_finished
+
+    built = []
+    stage = tmp_path / "baseline"
+    (stage / "checkpoints" / "checkpoint-500").mkdir(parents=True)  # a run killed mid-training left its work here
+    assert not stage_finished(stage)
+    _stage(stage, lambda p: (built.append(p), (p / "config.json").write_text("{}")))
+    assert built == [stage] and stage_finished(stage)
+    _stage(stage, lambda p: built.append(p))  # finished: skipped
+    assert built == [stage]
+    teachers = tmp_path / "teachers"
+    (teachers / "synth_sort").mkdir(parents=True)  # teachers written one by one, the index not yet
+    assert not stage_finished(teachers)
+    (teachers / "teachers.json").write_text("{}")
+    assert stage_finished(teachers)

@@ -94,11 +94,25 @@ class DemoSettings:
     overwrite: bool = False
 
 
+STAGE_MARKERS = ("config.json", "teachers.json", "splits", "tokenizer_config.json")
+"""A stage's folder is finished when it holds one of these (a model, a teacher bank, a suite, a tokenizer). Some
+stages keep resumable work inside their folder while they run (the baseline's `checkpoints/`, the teachers written
+one by one), so the folder existing is not enough."""
+
+
+def stage_finished(path: Path) -> bool:
+    """Whether `path` holds a finished stage output (see [`STAGE_MARKERS`])."""
+    return any((path / marker).exists() for marker in STAGE_MARKERS)
+
+
 def _stage(path: Path, build: Callable[[Path], object], timings: dict[str, float] | None = None) -> Path:
-    """Builds `path` unless it exists (a finished stage: outputs are written atomically); records the seconds spent."""
-    if path.exists():
+    """Builds `path` unless it holds a finished stage ([`stage_finished`]); an interrupted stage is built again
+    (resuming from its checkpoints where it has any). Records the seconds spent."""
+    if stage_finished(path):
         logger.warning(f"Stage output {path} exists: skipping (pass overwrite to redo).")
         return path
+    if path.exists():
+        logger.warning(f"Stage output {path} is unfinished (interrupted run): building it again, resuming if it can.")
     start, nested_before = time.perf_counter(), sum((timings or {}).values())
     build(path)
     if timings is not None:  # exclusive of the stages this one triggered (they record their own)
