@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import subprocess
 import time
 from pathlib import Path
@@ -24,11 +23,11 @@ import torch
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from tagi_hf.data import load_sni, synthetic_corpus, write_synthetic_suite
-from tagi_hf.data.prompts import format_instruction, format_student_input, format_teacher_input
+from tagi_hf.data.prompts import format_student_input
 from tagi_hf.fit import predict_with_teachers, summarise_predictions, unseen_train_rows
 from tagi_hf.pipeline import DemoSettings, demo_corpus, train_demo_tokenizer
 from tagi_hf.predict import predict
-from tagi_hf.standin import pretrain_standin, standin_config
+from tagi_hf.standin import instance_texts, pretrain_standin, standin_config
 from tagi_hf.teachers import TeacherBank
 
 HELD = 20  # instances per task beyond the training ones, never trained on
@@ -66,13 +65,8 @@ def _short(m: dict) -> dict:
 
 
 def standin_texts(train, seed: int, def_fraction: float, random_texts: int) -> list[str]:
-    rng, texts = random.Random(f"probe-texts:{seed}"), []
-    for row in train:
-        if rng.random() < def_fraction:
-            prompt = format_teacher_input(format_instruction(row["definition"]), row["input"])
-        else:
-            prompt = format_student_input(row["input"])
-        texts.append(prompt + row["outputs"][0])
+    """The recipe's stand-in texts (`instance_texts`), plus `random_texts` random word lists."""
+    texts = instance_texts(train, seed, definition_fraction=def_fraction)
     return texts + synthetic_corpus(seed, random_texts, instance_fraction=0.0)
 
 
