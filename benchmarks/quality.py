@@ -172,7 +172,6 @@ def run(
         "instances_per_task": settings.eval_instances_per_task,
         "note": f"train-task instances beyond the {settings.instances_per_task} trained on",
     }
-    results["meta"]["seconds"] = round(time.time() - started, 1)
     results["meta"]["stage_seconds"] = recipe.timings  # stages trained by this invocation (others were cached)
     results["meta"]["prompt_settings"] = list(prompt_settings)
     results["meta"]["stage2_lr_grid"] = list(lr_grid)

@@ -70,11 +70,22 @@ def standin_texts(train, seed: int, def_fraction: float, random_texts: int) -> l
     return texts + synthetic_corpus(seed, random_texts, instance_fraction=0.0)
 
 
+def probe_config(a: argparse.Namespace, vocab_size: int):
+    """The stand-in's architecture, with the probe's FFN kind and width."""
+    config = standin_config(vocab_size, d_model=a.d_model, num_layers=a.layers, num_heads=a.heads)
+    config.d_ff = a.d_ff or config.d_ff
+    config.feed_forward_proj = a.ffn
+    config.is_gated_act, config.dense_act_fn = a.ffn == "gated-gelu", "gelu_new" if a.ffn == "gated-gelu" else "relu"
+    return config
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("stage", choices=["standin", "baseline", "teachers", "eval"])
     p.add_argument("--out", required=True)
-    p.add_argument("--init", help="model directory to start from (baseline, teachers, eval)")
+    p.add_argument("--init", help="model directory to start from (baseline, teachers, eval); `scratch`: random weights")
+    p.add_argument("--ffn", choices=["gated-gelu", "relu"], default="gated-gelu", help="standin / scratch FFN kind")
+    p.add_argument("--d-ff", type=int, default=0, help="standin / scratch FFN width (0: the stand-in's 2 x d_model)")
     p.add_argument("--work", default="/tmp/p")
     p.add_argument("--instances", type=int, default=500)
     p.add_argument("--steps", type=int, default=2000)
@@ -86,6 +97,7 @@ def main() -> None:
     p.add_argument("--def-fraction", type=float, default=1.0, help="standin: share of texts with the definition")
     p.add_argument("--boundary", type=float, default=0.9, help="standin: texts split at the output")
     p.add_argument("--random-texts", type=int, default=4000)
+    p.add_argument("--save-every", type=int, default=0, help="baseline: keep a checkpoint every this many steps")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--eval-tasks", type=int, default=80)
     p.add_argument("--eval-per-task", type=int, default=8)
@@ -109,7 +121,7 @@ def main() -> None:
     result: dict = {}
     if a.stage == "standin":
         torch.manual_seed(0)
-        config = standin_config(len(tokenizer), d_model=a.d_model, num_layers=a.layers, num_heads=a.heads)
+        config = probe_config(a, len(tokenizer))
         texts = standin_texts(train, 0, a.def_fraction, a.random_texts)
         pretrain_standin(texts, tokenizer, out, config=config, max_steps=a.steps, batch_size=a.batch,
                          learning_rate=a.lr, boundary_probability=a.boundary)  # fmt: skip
@@ -119,6 +131,14 @@ def main() -> None:
         from tagi_hf.baseline import train_multitask_baseline
 
         schedule = dict(lr_scheduler_type="cosine", warmup_steps=a.steps // 20)
+        if a.save_every:  # kept beside `out` (the trainer's own checkpoints go with its work folder); score with `eval`
+            schedule.update(output_dir=str(out.parent / f"{out.name}-checkpoints"), save_strategy="steps",
+                            save_steps=a.save_every, save_total_limit=None, save_only_model=True)  # fmt: skip
+        if a.init == "scratch":  # random weights of the probe's architecture, saved for the trainer to load
+            torch.manual_seed(0)
+            a.init = str(out.parent / f".{out.name}-init")
+            T5ForConditionalGeneration(probe_config(a, len(tokenizer))).save_pretrained(a.init)
+            tokenizer.save_pretrained(a.init)
         train_multitask_baseline(a.init, tokenizer, train, out, max_steps=a.steps, learning_rate=a.lr,
                                  per_device_train_batch_size=a.batch, seed=0, training_kwargs=schedule)  # fmt: skip
         model = T5ForConditionalGeneration.from_pretrained(out)
