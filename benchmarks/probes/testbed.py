@@ -83,7 +83,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("stage", choices=["standin", "baseline", "teachers", "eval"])
     p.add_argument("--out", required=True)
-    p.add_argument("--init", help="model directory to start from (baseline, teachers, eval); `scratch`: random weights")
+    p.add_argument("--init", help="model folder to start from (baseline, teachers, eval); `scratch`: random weights")
     p.add_argument("--ffn", choices=["gated-gelu", "relu"], default="gated-gelu", help="standin / scratch FFN kind")
     p.add_argument("--d-ff", type=int, default=0, help="standin / scratch FFN width (0: the stand-in's 2 x d_model)")
     p.add_argument("--work", default="/tmp/p")
@@ -131,7 +131,7 @@ def main() -> None:
         from tagi_hf.baseline import train_multitask_baseline
 
         schedule = dict(lr_scheduler_type="cosine", warmup_steps=a.steps // 20)
-        if a.save_every:  # kept beside `out` (the trainer's own checkpoints go with its work folder); score with `eval`
+        if a.save_every:  # kept beside `out` (the work folder goes at the end); score them with `eval`
             schedule.update(output_dir=str(out.parent / f"{out.name}-checkpoints"), save_strategy="steps",
                             save_steps=a.save_every, save_total_limit=None, save_only_model=True)  # fmt: skip
         if a.init == "scratch":  # random weights of the probe's architecture, saved for the trainer to load
