@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from transformers import Seq2SeqTrainer, T5ForConditionalGeneration
 
+from tagi_hf import standin
 from tagi_hf.data import TagiDataCollator, load_sni, train_tokenizer, write_synthetic_suite
 from tagi_hf.data.prompts import TEACHER_BRIDGE
-from tagi_hf.standin import PrefixLMCollator, instance_texts
+from tagi_hf.standin import PrefixLMCollator, instance_texts, pretrain_standin, standin_config
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +72,37 @@ def test_boundary_probability_sets_how_often_the_split_is_at_the_output(rows, to
 
     assert at_boundary(1.0) == len(texts)
     assert at_boundary(0.0) < len(texts) // 4
+
+
+def test_an_interrupted_pretraining_resumes_from_its_checkpoint(rows, tokenizer, tmp_path, monkeypatch):
+    """Stopped at step 3 (checkpoint at step 2), a second call trains only steps 3-6 and ends with the weights of a
+    run never stopped; the checkpoint folder is removed once the model is saved."""
+    texts = instance_texts(rows, definition_fraction=1.0)
+    config = standin_config(len(tokenizer), d_model=16, num_layers=1)
+    kwargs = dict(config=config, max_steps=6, batch_size=4, save_steps=2, boundary_probability=1.0)
+    pretrain_standin(texts, tokenizer, tmp_path / "reference", **kwargs)
+    steps: list[int] = []
+    stop_at = {3}
+
+    class Stopping(Seq2SeqTrainer):
+        def training_step(self, *args, **kw):
+            steps.append(self.state.global_step)
+            if self.state.global_step in stop_at:
+                stop_at.clear()
+                raise KeyboardInterrupt("stopped")
+            return super().training_step(*args, **kw)
+
+    monkeypatch.setattr(standin, "Seq2SeqTrainer", Stopping)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_standin(texts, tokenizer, tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()
+    assert (tmp_path / ".run-work" / "checkpoint-2").is_dir()
+    assert steps == [0, 1, 2, 3]
+    steps.clear()
+    pretrain_standin(texts, tokenizer, tmp_path / "run", **kwargs)
+    assert steps == [2, 3, 4, 5]  # resumed after step 2, did not start over
+    assert not (tmp_path / ".run-work").exists()
+    expected = T5ForConditionalGeneration.from_pretrained(tmp_path / "reference").state_dict()
+    got = T5ForConditionalGeneration.from_pretrained(tmp_path / "run").state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)

@@ -15,6 +15,7 @@ is the cheapest route to a backbone that fits its tasks on 2 CPU cores (probe lo
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from .checkpoints import last_complete_checkpoint
 from .utils import atomic_directory
 
 
@@ -105,10 +107,13 @@ def pretrain_standin(
     learning_rate: float = 2e-3,
     seed: int = 0,
     boundary_probability: float = 0.0,
+    save_steps: int | None = None,
 ) -> Path:
     """Trains the stand-in backbone and saves it (with the tokenizer) atomically to `output_dir`.
 
     `boundary_probability`: see [`PrefixLMCollator`] (texts from `instance_texts` split at their output).
+    `save_steps`: a checkpoint (the newest one kept) every this many steps, in `.<output_dir name>-work` beside
+    `output_dir`; a run stopped part-way resumes from it when called again. Default: a tenth of `max_steps`.
     """
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config or standin_config(len(tokenizer)))
@@ -122,7 +127,9 @@ def pretrain_standin(
         lr_scheduler_type="cosine",
         weight_decay=0.01,
         logging_steps=max(1, max_steps // 10),
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=save_steps or max(1, max_steps // 10),
+        save_total_limit=1,
         report_to="none",
         seed=seed,
         remove_unused_columns=False,
@@ -135,10 +142,11 @@ def pretrain_standin(
         train_dataset=Dataset.from_dict({"text": texts}),
         data_collator=PrefixLMCollator(tokenizer, seed=seed, boundary_probability=boundary_probability),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     with atomic_directory(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    shutil.rmtree(args.output_dir, ignore_errors=True)
     return output_dir
 
 
