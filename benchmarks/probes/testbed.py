@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--eval-tasks", type=int, default=80)
     p.add_argument("--eval-per-task", type=int, default=8)
+    p.add_argument("--only-eval-tasks", action="store_true", help="train on the scored tasks only (fewer, longer)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--note", default="")
     p.add_argument("--log", default="benchmarks/results/probes/testbed.jsonl")
@@ -116,6 +117,9 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     rows = unseen_train_rows(work / f"suite-{a.instances}", max_train_instances_per_task=a.instances, seed=0,
                              per_task=a.eval_per_task, num_tasks=a.eval_tasks)  # fmt: skip
+    if a.only_eval_tasks:
+        scored = {row["task"] for row in rows}
+        train = train.filter(lambda row: row["task"] in scored)
     out = Path(a.out)
     start = time.time()
     result: dict = {}

@@ -73,48 +73,103 @@ def train_lora_teachers_jointly(
     max_steps: int = 1000,
     learning_rate: float = 1e-3,
     batch_size: int = 32,
+    tasks_per_batch: int = 16,
     seed: int = 42,
     max_input_length: int = 512,
     max_target_length: int = 128,
 ) -> TeacherBank:
     """Trains one LoRA teacher per task (or category) of `train_dataset` in a single run; see the module docstring.
 
-    `max_steps` counts optimiser steps over the mixed batches (each teacher sees about
-    `max_steps * batch_size / num_keys` examples). Writes the same layout as [`train_lora_teachers`].
+    `max_steps` counts steps over the mixed batches: each batch holds `tasks_per_batch` teachers (at random, at most
+    the number of teachers) with `batch_size / tasks_per_batch` of their examples each, and only those teachers take
+    an optimiser step (see `_RowAdam`), so each teacher sees about `max_steps * batch_size / num_keys` examples in
+    about `max_steps * tasks_per_batch / num_keys` steps of its own. Writes the same layout as
+    [`train_lora_teachers`].
     """
     if group_by not in GROUP_BY:
         raise ValueError(f"`group_by` must be one of {GROUP_BY}, got {group_by!r}.")
+    keys = sorted(_group_indices(train_dataset, group_by))
+    tasks_per_batch = min(tasks_per_batch, len(keys))
+    if tasks_per_batch < 1 or batch_size < tasks_per_batch:
+        raise ValueError(
+            f"Need 1 <= `tasks_per_batch` <= `batch_size` (with at most one slot per teacher), got {tasks_per_batch}"
+            f" and {batch_size}."
+        )
     torch.manual_seed(seed)
     model, name = _load_backbone(backbone)
     model.requires_grad_(False).train()
-    keys = sorted(_group_indices(train_dataset, group_by))
     alpha = 2 * rank if lora_alpha is None else lora_alpha
     names = teacher_target_modules(model.config)
     install_lora_layers(model, [linear_target(model, n) for n in names], alpha / rank)
     modules = {n: model.get_submodule(n) for n in names}
     bank = _LoraBank(modules, len(keys), rank)
     losses = _fit(model, modules, bank, tokenizer, train_dataset, keys, group_by, max_steps, learning_rate,
-                  batch_size, seed, max_input_length, max_target_length)  # fmt: skip
+                  batch_size, tasks_per_batch, seed, max_input_length, max_target_length)  # fmt: skip
     _save(bank, keys, group_by, train_dataset, Path(output_dir), name, alpha, losses)
     return TeacherBank.from_directory(output_dir)
 
 
-def _fit(model, modules, bank, tokenizer, dataset, keys, group_by, max_steps, lr, batch_size, seed, max_in, max_out):
+class _RowAdam:
+    """Adam (no weight decay) over parameter banks whose first dimension is the teacher: a step updates the moments
+    and the step count of the teachers in the batch only, so each teacher's optimiser sees exactly its own steps, as
+    if trained apart. (`torch.optim.AdamW` over the whole bank keeps moving absent teachers on stale moments, and a
+    teacher visited once every few dozen steps takes steps about three times too large: with 291 teachers that
+    broke them at a learning rate that trains 16 teachers well; probes t1-t3 in benchmarks/results/probes.)"""
+
+    def __init__(self, params, num_rows: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        self.betas, self.eps = betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = torch.zeros(num_rows)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, lr: float) -> None:
+        """One Adam step at `lr` for the teachers `rows` (distinct indices); gradients are consumed and cleared."""
+        beta1, beta2 = self.betas
+        self.steps[rows] += 1
+        t = self.steps[rows]
+        correction1, correction2 = 1 - beta1**t, 1 - beta2**t
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            grad = p.grad[rows]
+            m[rows] = beta1 * m[rows] + (1 - beta1) * grad
+            v[rows] = beta2 * v[rows] + (1 - beta2) * grad * grad
+            denom = (v[rows] / correction2.view(shape)).sqrt() + self.eps
+            p[rows] -= lr * (m[rows] / correction1.view(shape)) / denom
+            p.grad = None
+
+
+def _batch_rows(groups: list[list[int]], batch_size: int, tasks_per_batch: int, generator) -> list[int]:
+    """`tasks_per_batch` distinct teachers at random, and `batch_size` rows split evenly among them (with
+    replacement within a teacher's rows)."""
+    chosen = torch.randperm(len(groups), generator=generator)[:tasks_per_batch].tolist()
+    rows = []
+    for j, key in enumerate(chosen):
+        count = batch_size // len(chosen) + (j < batch_size % len(chosen))
+        picks = torch.randint(len(groups[key]), (count,), generator=generator).tolist()
+        rows += [groups[key][i] for i in picks]
+    return rows
+
+
+def _fit(model, modules, bank, tokenizer, dataset, keys, group_by, max_steps, lr, batch_size, tasks_per_batch, seed,
+         max_in, max_out):  # fmt: skip
     collator = TagiDataCollator(tokenizer, teacher_inputs=False, max_input_length=max_in, max_target_length=max_out)
     key_index = {k: i for i, k in enumerate(keys)}
-    optimizer = torch.optim.AdamW(bank.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max_steps)
+    indices = _group_indices(dataset, group_by)
+    groups = [indices[k] for k in keys]
+    optimizer = _RowAdam(bank.parameters(), len(keys))
     generator = torch.Generator().manual_seed(seed)
     losses: dict[str, list[float]] = {k: [] for k in keys}
     for step in range(max_steps):
-        rows = dataset.select(torch.randint(len(dataset), (batch_size,), generator=generator).tolist()).to_list()
+        rows = dataset.select(_batch_rows(groups, batch_size, tasks_per_batch, generator)).to_list()
         batch = collator(rows)
         index = torch.tensor([key_index[row[group_by]] for row in rows])
         for n, factors in bank.factors(index).items():
             modules[n].lora_factors = factors
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
-        optimizer.step(), schedule.step(), optimizer.zero_grad()
+        optimizer.step(index.unique(), lr * (1 - step / max_steps))  # linear decay to 0
         if step % max(1, max_steps // 10) == 0:
             logger.info(f"joint teachers: step {step}/{max_steps}, loss {out.loss.item():.4f}")
         for key in {row[group_by] for row in rows}:
