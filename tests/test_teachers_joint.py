@@ -93,11 +93,10 @@ def test_batches_hold_the_requested_number_of_teachers_evenly():
     assert len(rows) == 10 and counts == [3, 3, 4]
 
 
-def test_tasks_per_batch_larger_than_the_batch_is_refused(tmp_path):
+def test_tasks_per_batch_below_one_is_refused(tmp_path):
     rows = _rows()
     tokenizer = train_tokenizer([r["input"] + " " + r["outputs"][0] for r in rows] * 5, vocab_size=120)
     t5 = T5ForConditionalGeneration(standin_config(len(tokenizer), d_model=32, num_layers=2))
-    with pytest.raises(ValueError, match="tasks_per_batch"):
-        train_lora_teachers_jointly(t5, tokenizer, Dataset.from_list(rows), tmp_path / "t", batch_size=2,
-                                    tasks_per_batch=8)  # fmt: skip
+    with pytest.raises(ValueError, match="`tasks_per_batch` must be >= 1, got 0"):
+        train_lora_teachers_jointly(t5, tokenizer, Dataset.from_list(rows), tmp_path / "t", tasks_per_batch=0)
     assert not (tmp_path / "t").exists()

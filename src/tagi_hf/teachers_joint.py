@@ -80,21 +80,18 @@ def train_lora_teachers_jointly(
 ) -> TeacherBank:
     """Trains one LoRA teacher per task (or category) of `train_dataset` in a single run; see the module docstring.
 
-    `max_steps` counts steps over the mixed batches: each batch holds `tasks_per_batch` teachers (at random, at most
-    the number of teachers) with `batch_size / tasks_per_batch` of their examples each, and only those teachers take
-    an optimiser step (see `_RowAdam`), so each teacher sees about `max_steps * batch_size / num_keys` examples in
-    about `max_steps * tasks_per_batch / num_keys` steps of its own. Writes the same layout as
-    [`train_lora_teachers`].
+    `max_steps` counts steps over the mixed batches: each batch holds `tasks_per_batch` teachers (at random; at
+    most the number of teachers and `batch_size`) with `batch_size / tasks_per_batch` of their examples each, and
+    only those teachers take an optimiser step (see `_RowAdam`), so each teacher sees about
+    `max_steps * batch_size / num_keys` examples in about `max_steps * tasks_per_batch / num_keys` steps of its own.
+    Writes the same layout as [`train_lora_teachers`].
     """
     if group_by not in GROUP_BY:
         raise ValueError(f"`group_by` must be one of {GROUP_BY}, got {group_by!r}.")
     keys = sorted(_group_indices(train_dataset, group_by))
-    tasks_per_batch = min(tasks_per_batch, len(keys))
-    if tasks_per_batch < 1 or batch_size < tasks_per_batch:
-        raise ValueError(
-            f"Need 1 <= `tasks_per_batch` <= `batch_size` (with at most one slot per teacher), got {tasks_per_batch}"
-            f" and {batch_size}."
-        )
+    if tasks_per_batch < 1:
+        raise ValueError(f"`tasks_per_batch` must be >= 1, got {tasks_per_batch}.")
+    tasks_per_batch = min(tasks_per_batch, len(keys), batch_size)
     torch.manual_seed(seed)
     model, name = _load_backbone(backbone)
     model.requires_grad_(False).train()
