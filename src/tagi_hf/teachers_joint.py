@@ -88,7 +88,8 @@ def train_lora_teachers_jointly(
     """
     if group_by not in GROUP_BY:
         raise ValueError(f"`group_by` must be one of {GROUP_BY}, got {group_by!r}.")
-    keys = sorted(_group_indices(train_dataset, group_by))
+    groups = _group_indices(train_dataset, group_by)  # key -> row indices
+    keys = sorted(groups)
     if tasks_per_batch < 1:
         raise ValueError(f"`tasks_per_batch` must be >= 1, got {tasks_per_batch}.")
     tasks_per_batch = min(tasks_per_batch, len(keys), batch_size)
@@ -100,9 +101,9 @@ def train_lora_teachers_jointly(
     install_lora_layers(model, [linear_target(model, n) for n in names], alpha / rank)
     modules = {n: model.get_submodule(n) for n in names}
     bank = _LoraBank(modules, len(keys), rank)
-    losses = _fit(model, modules, bank, tokenizer, train_dataset, keys, group_by, max_steps, learning_rate,
+    losses = _fit(model, modules, bank, tokenizer, train_dataset, groups, keys, group_by, max_steps, learning_rate,
                   batch_size, tasks_per_batch, seed, max_input_length, max_target_length)  # fmt: skip
-    _save(bank, keys, group_by, train_dataset, Path(output_dir), name, alpha, losses)
+    _save(bank, groups, keys, group_by, Path(output_dir), name, alpha, losses)
     return TeacherBank.from_directory(output_dir)
 
 
@@ -130,10 +131,11 @@ class _RowAdam:
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             shape = (-1,) + (1,) * (p.dim() - 1)
             grad = p.grad[rows]
-            m[rows] = beta1 * m[rows] + (1 - beta1) * grad
-            v[rows] = beta2 * v[rows] + (1 - beta2) * grad * grad
-            denom = (v[rows] / correction2.view(shape)).sqrt() + self.eps
-            p[rows] -= lr * (m[rows] / correction1.view(shape)) / denom
+            m_rows = beta1 * m[rows] + (1 - beta1) * grad
+            v_rows = beta2 * v[rows] + (1 - beta2) * grad * grad
+            m[rows], v[rows] = m_rows, v_rows
+            denom = (v_rows / correction2.view(shape)).sqrt() + self.eps
+            p[rows] -= lr * (m_rows / correction1.view(shape)) / denom
             p.grad = None
 
 
@@ -149,17 +151,16 @@ def _batch_rows(groups: list[list[int]], batch_size: int, tasks_per_batch: int, 
     return rows
 
 
-def _fit(model, modules, bank, tokenizer, dataset, keys, group_by, max_steps, lr, batch_size, tasks_per_batch, seed,
-         max_in, max_out):  # fmt: skip
+def _fit(model, modules, bank, tokenizer, dataset, groups, keys, group_by, max_steps, lr, batch_size, tasks_per_batch,
+         seed, max_in, max_out):  # fmt: skip
     collator = TagiDataCollator(tokenizer, teacher_inputs=False, max_input_length=max_in, max_target_length=max_out)
     key_index = {k: i for i, k in enumerate(keys)}
-    indices = _group_indices(dataset, group_by)
-    groups = [indices[k] for k in keys]
+    rows_by_key = [groups[k] for k in keys]
     optimizer = _RowAdam(bank.parameters(), len(keys))
     generator = torch.Generator().manual_seed(seed)
     losses: dict[str, list[float]] = {k: [] for k in keys}
     for step in range(max_steps):
-        rows = dataset.select(_batch_rows(groups, batch_size, tasks_per_batch, generator)).to_list()
+        rows = dataset.select(_batch_rows(rows_by_key, batch_size, tasks_per_batch, generator)).to_list()
         batch = collator(rows)
         index = torch.tensor([key_index[row[group_by]] for row in rows])
         for n, factors in bank.factors(index).items():
@@ -176,10 +177,9 @@ def _fit(model, modules, bank, tokenizer, dataset, keys, group_by, max_steps, lr
     return losses
 
 
-def _save(bank, keys, group_by, dataset, output_dir: Path, name, alpha, losses) -> None:
+def _save(bank, groups, keys, group_by, output_dir: Path, name, alpha, losses) -> None:
     from .model_card import teacher_model_card
 
-    groups = _group_indices(dataset, group_by)
     index = _read_index(output_dir, group_by, name)
     for i, key in enumerate(keys):
         adapter = GeneratedAdapter(
