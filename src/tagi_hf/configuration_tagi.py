@@ -7,6 +7,8 @@ from transformers import PretrainedConfig, T5Config
 FUSION_MODES = ("cross_attention", "none")
 ATTENTION_KINDS = ("encoder_self", "decoder_self", "decoder_cross")
 PROJECTIONS = ("q", "k", "v", "o")
+INSTRUCTION_ENCODERS = ("backbone", "separate")
+POOLING_MODES = ("mean", "attention")
 
 
 class TagiConfig(PretrainedConfig):
@@ -39,6 +41,16 @@ class TagiConfig(PretrainedConfig):
             Dropout inside the generator trunk.
         max_instruction_length (`int`, defaults to 1024):
             Instructions longer than this many tokens are truncated (with one warning).
+        instruction_encoder (`str`, defaults to `"backbone"`):
+            What reads the instruction. `"backbone"`: the frozen backbone's own encoder (the paper). `"separate"`: a
+            copy of the backbone's encoder, initialised from its weights, that trains with the generator (HINT's
+            choice); its states feed both the generator and the fusion.
+        instruction_pooling (`str`, defaults to `"mean"`):
+            How the instruction's token states become the generator's input. `"mean"`: one masked mean for every
+            generated module (the paper). `"attention"`: a learned query per (attention kind, layer) attends over the
+            tokens (masked), so each module reads what it needs; the queries start at zero, which is the mean.
+        pooling_num_heads (`int`, *optional*):
+            Heads of the attention pooling. Defaults to the backbone's `num_heads`.
         fusion_num_heads (`int`, *optional*):
             Heads of the encoder fusion cross-attention. Defaults to the backbone's `num_heads`.
         base_model_name_or_path (`str`, *optional*):
@@ -68,6 +80,9 @@ class TagiConfig(PretrainedConfig):
     hypernet_embedding_size: int = 64
     hypernet_dropout: float = 0.0
     max_instruction_length: int = 1024
+    instruction_encoder: str = "backbone"
+    instruction_pooling: str = "mean"
+    pooling_num_heads: int | None = None
     fusion_num_heads: int | None = None
     base_model_name_or_path: str | None = None
     is_encoder_decoder: bool = True
@@ -81,6 +96,8 @@ class TagiConfig(PretrainedConfig):
             text.decoder_start_token_id = text.pad_token_id if text.pad_token_id is not None else 0
         if self.fusion_num_heads is None:
             self.fusion_num_heads = text.num_heads
+        if self.pooling_num_heads is None:
+            self.pooling_num_heads = text.num_heads
         self._validate()
 
     def _validate(self) -> None:
@@ -90,6 +107,9 @@ class TagiConfig(PretrainedConfig):
             raise ValueError(f"`lora_alpha` must be positive, got {self.lora_alpha!r}.")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"`fusion` must be one of {FUSION_MODES}, got {self.fusion!r}.")
+        for name, allowed in (("instruction_encoder", INSTRUCTION_ENCODERS), ("instruction_pooling", POOLING_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
         _check_subset("lora_target_modules", self.lora_target_modules, PROJECTIONS)
         _check_subset("lora_attention_kinds", self.lora_attention_kinds, ATTENTION_KINDS)
         if self.max_instruction_length <= 0:
@@ -97,6 +117,10 @@ class TagiConfig(PretrainedConfig):
         if self.text_config.d_model % self.fusion_num_heads != 0:
             raise ValueError(
                 f"`fusion_num_heads` ({self.fusion_num_heads}) must divide d_model ({self.text_config.d_model})."
+            )
+        if self.text_config.d_model % self.pooling_num_heads != 0:
+            raise ValueError(
+                f"`pooling_num_heads` ({self.pooling_num_heads}) must divide d_model ({self.text_config.d_model})."
             )
 
     @property

@@ -1,8 +1,10 @@
 """TagiModel: a frozen T5 whose LoRA adapters (and instruction fusion) are generated from the task's instruction.
 
 Forward pass, top to bottom (paper, Sec. 3):
-1. the backbone's own encoder reads the instruction (no adapter) -> states `I` and a masked-mean pooled vector;
-2. the generator maps the pooled vector to LoRA factors for q/v of every attention module;
+1. the backbone's own encoder (no adapter), or a trainable copy of it (`instruction_encoder="separate"`), reads the
+   instruction -> states `I`;
+2. the generator pools `I` (masked mean, or a learned query per module) and maps it to LoRA factors for q/v of every
+   attention module;
 3. per-task state is computed once: the fusion's instruction keys/values (encoder) and the decoder
    cross-attention's instruction keys/values (through its adapted k/v);
 4. the backbone runs on the instance input alone, with the adapters and fusion installed.
@@ -10,6 +12,7 @@ Forward pass, top to bottom (paper, Sec. 3):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +28,7 @@ from transformers.utils import logging
 from .adapter import GeneratedAdapter
 from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer, InstructionCrossAttention, encoder_fusion_hook, instruction_kv
-from .hypernetwork import AdapterGenerator
+from .hypernetwork import AdapterGenerator, masked_mean
 from .lora import install_lora_layers, lora_targets
 from .task_state import LoraFactors, TaskState, checkpointing_disabled, pad_instruction_states
 
@@ -60,6 +63,8 @@ class TagiPreTrainedModel(PreTrainedModel):
             init.normal_(weight, mean=0.0, std=std)
         elif kind == "gate":
             init.zeros_(module.gate)
+        elif kind == "query":
+            init.zeros_(module.query)
         if getattr(module, "bias", None) is not None:
             init.zeros_(module.bias)
 
@@ -86,6 +91,9 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
     def __init__(self, config: TagiConfig, backbone: T5ForConditionalGeneration | None = None):
         super().__init__(config)
         self.backbone = backbone if backbone is not None else T5ForConditionalGeneration(config.text_config)
+        self.instruction_encoder = None
+        if config.instruction_encoder == "separate":  # copied before the backbone gets LoRA layers and fusion hooks
+            self.instruction_encoder = copy.deepcopy(self.backbone.encoder)
         targets = lora_targets(config)
         install_lora_layers(self.backbone, targets, config.lora_scaling)
         self._lora_modules = {t.name: self.backbone.get_submodule(t.name) for t in targets}
@@ -95,6 +103,8 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             self._build_fusion()
         self.generation_config = self.backbone.generation_config
         self.post_init()
+        if self.instruction_encoder is not None:  # starts as the backbone's encoder (`post_init` may re-draw it)
+            self.instruction_encoder.load_state_dict(self.backbone.encoder.state_dict())
         self.backbone.requires_grad_(False)  # frozen by default; see `set_trainable`
 
     def _build_fusion(self) -> None:
@@ -116,16 +126,28 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> TagiModel:
-        """Loads a saved TagiModel; the backbone comes back frozen (loading would otherwise make it trainable)."""
+        """Loads a saved TagiModel; the backbone comes back frozen (loading would otherwise make it trainable).
+
+        A model saved without a separate instruction encoder and loaded with `instruction_encoder="separate"` gets
+        one copied from its backbone's encoder (so a stage-1 model can start a stage 2 with the new generator).
+        """
+        wants_info = kwargs.pop("output_loading_info", False)
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except SafetensorError as error:  # its own message names no file
             raise ValueError(
                 f"The weights of `{pretrained_model_name_or_path}` (model*.safetensors) are not a valid safetensors "
                 f"file (truncated or corrupted?): {error}"
             ) from error
+        if model.instruction_encoder is not None and any(
+            key.startswith("instruction_encoder.") for key in info["missing_keys"]
+        ):
+            logger.info("No saved instruction encoder: it starts as a copy of the backbone's encoder.")
+            model.instruction_encoder.load_state_dict(model.backbone.encoder.state_dict())
         model.set_trainable()
-        return model
+        return (model, info) if wants_info else model
 
     @classmethod
     def from_backbone(cls, name_or_path: str, *, backbone_kwargs: dict | None = None, **config_kwargs) -> TagiModel:
@@ -154,17 +176,24 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         return push_model_to_hub(self, repo_id, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- parameters
-    def set_trainable(self, *, generator: bool = True, fusion: bool = True, backbone: bool = False) -> None:
-        """Chooses explicitly which parts train. The paper trains the generator and the fusion only."""
+    def set_trainable(
+        self, *, generator: bool = True, fusion: bool = True, backbone: bool = False, instruction_encoder: bool = True
+    ) -> None:
+        """Chooses explicitly which parts train. The paper trains the generator and the fusion only;
+        `instruction_encoder` applies to the separate instruction encoder (`instruction_encoder="separate"`)."""
         self.generator.requires_grad_(generator)
         for part in (self.encoder_fusion, self.decoder_gates):
             if part is not None:
                 part.requires_grad_(fusion)
         self.backbone.requires_grad_(backbone)
+        if self.instruction_encoder is not None:
+            self.instruction_encoder.requires_grad_(instruction_encoder)
 
     def trainable_parameters_report(self) -> dict[str, int]:
-        """Number of trainable parameters per part (`generator`, `fusion`, `backbone`) and in total."""
+        """Number of trainable parameters per part (`generator`, `fusion`, `instruction_encoder`, `backbone`) and
+        in total."""
         parts = {"generator": [self.generator], "fusion": [self.encoder_fusion, self.decoder_gates]}
+        parts["instruction_encoder"] = [self.instruction_encoder]
         parts["backbone"] = [self.backbone]
         report = {
             name: sum(p.numel() for m in mods if m is not None for p in m.parameters() if p.requires_grad)
@@ -180,21 +209,19 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
     def encode_instructions(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Runs the backbone's encoder (no adapter) on instructions.
+        """Runs the instruction encoder (the backbone's encoder without adapter, or the separate one) on instructions.
 
         Returns states `(tasks, len, d_model)`, masked-mean pooled vectors `(tasks, d_model)` and the mask.
         """
         input_ids, attention_mask = self._truncate_instructions(input_ids, attention_mask)
         self._install_task_state(None)
-        encoder = self.backbone.encoder
+        encoder = self.backbone.encoder if self.instruction_encoder is None else self.instruction_encoder
         trainable = any(p.requires_grad for p in encoder.parameters())
         # Activation checkpointing would re-run these blocks during backward with the task state installed; a
         # frozen encoder needs no graph here at all, a trainable one is run without checkpointing.
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable), checkpointing_disabled(encoder):
             states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask[..., None].to(states.dtype)  # (tasks, len, 1): padding does not count
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (tasks, d_model)
-        return states, pooled, attention_mask
+        return states, masked_mean(states, attention_mask), attention_mask
 
     def _truncate_instructions(self, input_ids, attention_mask):
         if attention_mask is None:
@@ -214,8 +241,8 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         rows = torch.cat([instruction_input_ids, instruction_attention_mask.to(instruction_input_ids.dtype)], 1)
         unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
         width = instruction_input_ids.shape[1]
-        states, pooled, mask = self.encode_instructions(unique[:, :width], unique[:, width:])
-        state = self._build_task_state(self.generator(pooled), states, mask)
+        states, _, mask = self.encode_instructions(unique[:, :width], unique[:, width:])
+        state = self._build_task_state(self.generator(states, mask), states, mask)
         return state if unique.shape[0] == 1 else state.select(inverse)
 
     def task_state_from_adapters(self, adapters: Sequence[GeneratedAdapter]) -> TaskState:
@@ -377,8 +404,8 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         return adapters[0] if single else adapters
 
     def _adapters_from_ids(self, texts: list[str], ids: torch.Tensor, mask: torch.Tensor) -> list[GeneratedAdapter]:
-        states, pooled, mask = self.encode_instructions(ids, mask)
-        factors = self.generator(pooled)
+        states, _, mask = self.encode_instructions(ids, mask)
+        factors = self.generator(states, mask)
         lengths = mask.sum(1).tolist()
         generator_config = self.config.to_diff_dict()
         generator_config.pop("text_config", None)

@@ -265,8 +265,11 @@ class SyntheticRecipe:
         return unseen_train_rows(self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed,
                                  per_task=s.eval_instances_per_task, num_tasks=s.fit_tasks or None)  # fmt: skip
 
-    def evaluate_fit(self, model_dir: Path | None, *, setting: str = "def", max_new_tokens: int = 32) -> dict:
-        """How well a saved model (TAGI or T5) fits the train tasks: scores on their unseen instances ([`fit_rows`]).
+    def evaluate_fit(
+        self, model_dir: Path | None, *, setting: str = "def", max_new_tokens: int = 32, instruction_mode: str = "own"
+    ) -> dict:
+        """How well a saved model (TAGI or T5) fits the train tasks: scores on their unseen instances ([`fit_rows`]),
+        with each task's own instruction or a control (`instruction_mode`, see [`task_instructions`]).
         `model_dir=None` scores the LoRA teachers, each on its own task. See [`tagi_hf.fit.summarise_predictions`]."""
         from .fit import predict_with_teachers, summarise_predictions
         from .predict import load_for_evaluation, predict
@@ -280,7 +283,8 @@ class SyntheticRecipe:
         else:
             model, _, kind = load_for_evaluation(model_dir)
             records = predict(model, self.tokenizer, rows, kind=kind, setting=setting, batch_size=64,
-                              max_new_tokens=max_new_tokens, show_progress=False)  # fmt: skip
+                              max_new_tokens=max_new_tokens, instruction_mode=instruction_mode,
+                              show_progress=False)  # fmt: skip
         return summarise_predictions(records, self.tokenizer, max_new_tokens)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
 
 from .checkpoints import resolve_resume_checkpoint
+from .data.sampling import TaskBalancedSampler
 from .losses import IGNORE_INDEX, LoraFactors, _upcast, adapter_alignment_loss, distillation_kl_loss
 from .training_args import TagiTrainingArguments
 
@@ -151,6 +152,37 @@ class TagiTrainer(Seq2SeqTrainer):
         like = next(iter(student.values())).A
         teacher = self.teacher_bank.lora_factors(keys, device=like.device, dtype=like.dtype)
         return {name: teacher[name] for name in student}
+
+    # ------------------------------------------------------------------------------------------ batches, optimiser
+    def _get_train_sampler(self, train_dataset=None):
+        """Task-balanced batches when `args.examples_per_task` > 0 (the dataset needs a `task` column)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.examples_per_task == 0:
+            return super()._get_train_sampler(train_dataset)
+        if "task" not in getattr(dataset, "column_names", ()):
+            raise ValueError("`examples_per_task` > 0 needs a `task` column in the training dataset.")
+        return TaskBalancedSampler(
+            dataset["task"], self.args.per_device_train_batch_size, self.args.examples_per_task, seed=self.args.seed
+        )
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimiser, with the separate instruction encoder's parameters in groups of their own at
+        `args.instruction_encoder_learning_rate` (when set)."""
+        optimizer = super().create_optimizer(model)
+        encoder = getattr(self.accelerator.unwrap_model(self.model), "instruction_encoder", None)
+        lr = self.args.instruction_encoder_learning_rate
+        if encoder is None or lr is None or self.optimizer_cls_and_kwargs is not None:
+            return optimizer
+        mine = {id(p) for p in encoder.parameters()}
+        split = []
+        for group in optimizer.param_groups:  # before the first step: no optimiser state to move
+            ours = [p for p in group["params"] if id(p) in mine]
+            group["params"] = [p for p in group["params"] if id(p) not in mine]
+            if ours:
+                split.append({**{k: v for k, v in group.items() if k != "params"}, "params": ours, "lr": lr})
+        for group in split:
+            optimizer.add_param_group(group)
+        return optimizer
 
     # ------------------------------------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

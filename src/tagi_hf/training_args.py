@@ -43,6 +43,20 @@ class TagiTrainingArguments(Seq2SeqTrainingArguments):
             "False gives the plain mean squared error of the updates."
         },
     )
+    instruction_encoder_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of a separate instruction encoder (`TagiConfig.instruction_encoder="
+            "'separate'`); None: `learning_rate`. It starts from pretrained weights, so it usually wants a lower one."
+        },
+    )
+    examples_per_task: int = field(
+        default=0,
+        metadata={
+            "help": "Task-balanced batches: every batch holds `per_device_train_batch_size // examples_per_task` "
+            "tasks drawn uniformly, with `examples_per_task` examples each (0: plain random batches)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep raw columns: the TAGI collator needs the instruction text."}
     )
@@ -53,5 +67,14 @@ class TagiTrainingArguments(Seq2SeqTrainingArguments):
         for name in ("lambda_kl", "lambda_ins"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.instruction_encoder_learning_rate is not None and self.instruction_encoder_learning_rate < 0:
+            raise ValueError(
+                f"`instruction_encoder_learning_rate` must be >= 0, got {self.instruction_encoder_learning_rate}."
+            )
+        if self.examples_per_task < 0 or self.examples_per_task > self.per_device_train_batch_size:
+            raise ValueError(
+                f"`examples_per_task` must be between 0 and `per_device_train_batch_size` "
+                f"({self.per_device_train_batch_size}), got {self.examples_per_task}."
+            )
         if self.kl_temperature <= 0:
             raise ValueError(f"`kl_temperature` must be > 0, got {self.kl_temperature}.")

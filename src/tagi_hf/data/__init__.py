@@ -2,6 +2,7 @@
 
 from .collator import TagiDataCollator
 from .prompts import format_instruction, format_student_input, format_teacher_input, parse_setting
+from .sampling import TaskBalancedSampler
 from .sni import SNI_FEATURES, load_sni
 from .synthetic import HELD_OUT_CHAINS, HELD_OUT_WORDS, build_synthetic_tasks, synthetic_corpus, write_synthetic_suite
 from .synthetic_ops import OPERATIONS, WORDS, SyntheticOp, SyntheticTask, apply_chain, chain_output, validate_chain
@@ -16,6 +17,7 @@ __all__ = [
     "SyntheticOp",
     "SyntheticTask",
     "TagiDataCollator",
+    "TaskBalancedSampler",
     "apply_chain",
     "build_synthetic_tasks",
     "chain_output",
