@@ -2,9 +2,11 @@
 
 The states are pooled first: one masked mean shared by every module (the paper), or, with attention pooling, one
 vector per (attention kind, layer) from a learned query attending over the tokens (HINT's pooling), so the modules of
-different layers can read different words of the instruction. The paper uses a distinct network per layer, shared between q and v. We use the documented cheaper equivalent: a
-trunk shared by all layers, told which (attention kind, layer) it is generating for by a learned embedding, and
-one pair of output heads per projection type (q, k, v, o) shared across layers. The B heads start at zero, so a
+different layers can read different words of the instruction.
+
+The paper uses a distinct network per layer, shared between q and v. We use the documented cheaper equivalent: a
+trunk shared by all layers, told which (attention kind, layer) it is generating for by a learned embedding, and one
+pair of output heads per projection type (q, k, v, o) shared across layers. The B heads start at zero, so a
 fresh generator produces a zero update; the A heads do not, so the B heads receive gradient from the first step.
 """
 
