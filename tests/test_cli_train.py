@@ -107,7 +107,22 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(workspace):
         1,
         "--save-steps",
         1,
+        # the stage-1 model (frozen encoder, mean pooling) upgraded to the generator that reads the instruction
+        "--instruction-encoder",
+        "separate",
+        "--instruction-pooling",
+        "attention",
+        "--instruction-encoder-learning-rate",
+        1e-4,
+        "--examples-per-task",
+        2,
         *small,
+    )
+    trained = TagiModel.from_pretrained(w / "tagi")
+    assert (trained.config.instruction_encoder, trained.config.instruction_pooling) == ("separate", "attention")
+    assert not all(  # the instruction encoder trained (it started as the backbone's encoder)
+        torch.equal(a, b)
+        for a, b in zip(trained.instruction_encoder.parameters(), trained.backbone.encoder.parameters())
     )
     log = json.loads((w / "tagi" / "training_log.json").read_text())
     assert any({"loss_pred", "loss_kl", "loss_ins"} <= set(entry) for entry in log)

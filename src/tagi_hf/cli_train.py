@@ -123,6 +123,7 @@ def _add_pretrain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=positive_int, default=1024, help="Tokens per text before a|b|c split.")
     parser.add_argument("--lora-rank", type=positive_int, default=32, help="Rank of the generated adapters.")
     parser.add_argument("--fusion", choices=("cross_attention", "none"), default="cross_attention")
+    _add_generator(parser)
     _add_common(parser, steps=50000, lr=1e-3, batch=8)
     _add_engine(parser)
 
@@ -150,7 +151,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
     set_seed(args.seed)  # the generator's initial weights are drawn here, before the Trainer seeds
     model = TagiModel.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
-                                    fusion=args.fusion)  # fmt: skip
+                                    fusion=args.fusion, **_generator_config(args))  # fmt: skip
     collator = PretrainingCollator(tokenizer, max_length=args.max_length, seed=args.seed)
     train_tagi(model, tokenizer, _pretraining_texts(args), args.out, _training_args(args, 0.0, 0.0),
                data_collator=collator)  # fmt: skip
@@ -172,6 +173,15 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-rank", type=positive_int, default=32, help="With --backbone: adapter rank.")
     parser.add_argument("--fusion", choices=("cross_attention", "none"), default="cross_attention",
                         help="With --backbone: the fusion mode.")  # fmt: skip
+    _add_generator(parser)
+    parser.add_argument("--instruction-encoder-learning-rate", type=float, default=None,
+                        help="Peak rate of a separate instruction encoder (default: --learning-rate).")  # fmt: skip
+    parser.add_argument(
+        "--examples-per-task",
+        type=int,
+        default=0,
+        help="Task-balanced batches: this many examples per task in a batch (0: random batches).",
+    )
     _add_common(parser, steps=20000, lr=1e-4, batch=8)
     _add_engine(parser)
 
@@ -190,12 +200,12 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError("`--lambda-ins` > 0 needs `--teachers` (or pass --lambda-ins 0).")
     source = args.model or args.backbone
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if args.model:
-        model = TagiModel.from_pretrained(args.model)
+    set_seed(args.seed)  # new generator weights are drawn here, before the Trainer seeds
+    if args.model:  # generator flags given here change the saved model's (new parts start from the backbone)
+        model = TagiModel.from_pretrained(args.model, **_generator_config(args))
     else:
-        set_seed(args.seed)  # the generator's initial weights are drawn here, before the Trainer seeds
         model = TagiModel.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
-                                        fusion=args.fusion)  # fmt: skip
+                                        fusion=args.fusion, **_generator_config(args))  # fmt: skip
     train_tagi(
         model,
         tokenizer,
@@ -208,6 +218,24 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     print(f"Wrote the trained TagiModel to {args.out}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------- shared generator
+def _add_generator(parser: argparse.ArgumentParser) -> None:
+    from .configuration_tagi import INSTRUCTION_ENCODERS, POOLING_MODES
+
+    parser.add_argument("--instruction-encoder", choices=INSTRUCTION_ENCODERS, default=None,
+                        help="What reads the instruction: the frozen backbone encoder, or a trainable copy of it "
+                             "(default: TagiConfig's, or the --model's).")  # fmt: skip
+    parser.add_argument("--instruction-pooling", choices=POOLING_MODES, default=None,
+                        help="Masked mean, or a learned query per generated module (default: TagiConfig's, or the "
+                             "--model's).")  # fmt: skip
+
+
+def _generator_config(args: argparse.Namespace) -> dict:
+    return {
+        k: getattr(args, k) for k in ("instruction_encoder", "instruction_pooling") if getattr(args, k) is not None
+    }
 
 
 # ---------------------------------------------------------------------------------------------- shared engine
@@ -233,7 +261,8 @@ def _training_args(args: argparse.Namespace, lambda_kl: float, lambda_ins: float
         save_steps=args.save_steps, save_total_limit=2, logging_steps=args.logging_steps, seed=args.seed,
         bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, lambda_kl=lambda_kl,
         lambda_ins=lambda_ins, kl_temperature=getattr(args, "kl_temperature", 1.0),
-        use_cpu=not torch.cuda.is_available(),
+        instruction_encoder_learning_rate=getattr(args, "instruction_encoder_learning_rate", None),
+        examples_per_task=getattr(args, "examples_per_task", 0), use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
 
 
