@@ -1,5 +1,6 @@
 """Fit checks: unseen instances of train tasks, the teachers scored in one batched pass, EM by operation."""
 
+import json
 import pytest
 import torch
 from datasets import Dataset
@@ -107,3 +108,25 @@ def test_an_interrupted_stage_is_built_again_and_a_finished_one_skipped(tmp_path
     assert not stage_finished(teachers)
     (teachers / "teachers.json").write_text("{}")
     assert stage_finished(teachers)
+
+
+def test_a_stage_built_with_other_settings_is_refused_not_reused(tmp_path):
+    from tagi_hf.pipeline import STAGE_RECORD, _stage
+
+    built = []
+    stage = tmp_path / "tagi"
+
+    def build(p):
+        built.append(p)
+        p.mkdir()
+        (p / "config.json").write_text("{}")
+
+    _stage(stage, build, record={"stage2_steps": 2000, "instruction_pooling": "mean"})
+    assert json.loads((stage / STAGE_RECORD).read_text()) == {"stage2_steps": 2000, "instruction_pooling": "mean"}
+    _stage(stage, build, record={"stage2_steps": 2000, "instruction_pooling": "mean"})  # same settings: reused
+    assert built == [stage]
+    with pytest.raises(ValueError, match="stage2_steps: built with 2000, now 1000"):
+        _stage(stage, build, record={"stage2_steps": 1000, "instruction_pooling": "mean"})
+    (stage / STAGE_RECORD).unlink()  # built by an older version: reused, unchecked
+    _stage(stage, build, record={"stage2_steps": 1000})
+    assert built == [stage]

@@ -89,6 +89,10 @@ class DemoSettings:
     lambda_ins: float = 0.1
     kl_temperature: float = 1.0
     learning_rate: float = 1e-3
+    instruction_encoder: str = "backbone"  # TagiConfig's generator fields (see its docs)
+    instruction_pooling: str = "mean"
+    instruction_encoder_learning_rate: float = 3e-4  # with instruction_encoder="separate"
+    examples_per_task: int = 0  # stage 2: task-balanced batches of this many examples per task (0: random)
     teacher_learning_rate: float = 5e-3
     fit_tasks: int = 60  # seeded sample of train tasks scored on unseen instances (0: every train task)
     overwrite: bool = False
@@ -105,10 +109,18 @@ def stage_finished(path: Path) -> bool:
     return any((path / marker).exists() for marker in STAGE_MARKERS)
 
 
-def _stage(path: Path, build: Callable[[Path], object], timings: dict[str, float] | None = None) -> Path:
+STAGE_RECORD = "recipe_stage.json"
+"""Written into a finished stage's folder: the settings it was built with, checked when the stage is reused."""
+
+
+def _stage(
+    path: Path, build: Callable[[Path], object], timings: dict[str, float] | None = None, record: dict | None = None
+) -> Path:
     """Builds `path` unless it holds a finished stage ([`stage_finished`]); an interrupted stage is built again
-    (resuming from its checkpoints where it has any). Records the seconds spent."""
+    (resuming from its checkpoints where it has any). Records the seconds spent. With `record` (the settings the stage
+    depends on), a finished stage built with other settings is refused instead of silently reused."""
     if stage_finished(path):
+        _check_record(path, record)
         logger.warning(f"Stage output {path} exists: skipping (pass overwrite to redo).")
         return path
     if path.exists():
@@ -118,7 +130,26 @@ def _stage(path: Path, build: Callable[[Path], object], timings: dict[str, float
     if timings is not None:  # exclusive of the stages this one triggered (they record their own)
         nested = sum(timings.values()) - nested_before
         timings[path.name] = round(time.perf_counter() - start - nested, 1)
+    if record is not None:
+        atomic_write_text(path / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def _check_record(path: Path, record: dict | None) -> None:
+    saved_file = path / STAGE_RECORD
+    if record is None:
+        return
+    if not saved_file.exists():
+        logger.warning(f"Stage output {path} has no {STAGE_RECORD} (built by an older version): reused unchecked.")
+        return
+    saved = json.loads(saved_file.read_text())
+    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+    if differing:
+        details = ", ".join(f"{k}: built with {saved.get(k)!r}, now {record.get(k)!r}" for k in differing)
+        raise ValueError(
+            f"Stage output {path} was built with other settings ({details}). Use another output folder, or pass "
+            "overwrite to rebuild every stage."
+        )
 
 
 def _stage_args(s: DemoSettings, work: Path, steps: int, **kwargs) -> TagiTrainingArguments:
@@ -171,8 +202,15 @@ class SyntheticRecipe:
         )
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
 
-    def _stage(self, path: Path, build: Callable[[Path], object]) -> Path:
-        return _stage(path, build, self.timings)
+    def _stage(self, path: Path, build: Callable[[Path], object], record: dict | None = None) -> Path:
+        return _stage(path, build, self.timings, record)
+
+    def _record(self, fields: tuple[str, ...], **extra) -> dict:
+        """The settings a stage depends on (checked when it is reused), its backbone's included."""
+        backbone = ("seed", "instances_per_task", "vocab_size", "d_model", "num_layers", "corpus_instance_fraction",
+                    "standin_random_texts", "standin_boundary_probability", "standin_definition_fraction",
+                    "backbone_steps", "backbone_learning_rate", "batch_size")  # fmt: skip
+        return {k: getattr(self.s, k) for k in backbone + fields} | extra
 
     def backbone(self) -> Path:
         from .standin import instance_texts, pretrain_standin, standin_config
@@ -184,7 +222,7 @@ class SyntheticRecipe:
         return self._stage(self.out / "backbone", lambda p: pretrain_standin(
             texts + random_texts, self.tokenizer, p, config=config, max_steps=s.backbone_steps,
             batch_size=s.batch_size, learning_rate=s.backbone_learning_rate, seed=s.seed,
-            boundary_probability=s.standin_boundary_probability))  # fmt: skip
+            boundary_probability=s.standin_boundary_probability), self._record(()))  # fmt: skip
 
     def baseline(self, setting: str = "def") -> Path:
         """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher."""
@@ -193,7 +231,8 @@ class SyntheticRecipe:
         s, name = self.s, "baseline" if setting == "def" else f"baseline-{setting}"
         return self._stage(self.out / name, lambda p: train_multitask_baseline(
             str(self.backbone()), self.tokenizer, self.train, p, setting=setting, max_steps=s.baseline_steps,
-            learning_rate=s.learning_rate, per_device_train_batch_size=s.batch_size, seed=s.seed))  # fmt: skip
+            learning_rate=s.learning_rate, per_device_train_batch_size=s.batch_size, seed=s.seed),
+            self._record(("baseline_steps", "learning_rate"), setting=setting))  # fmt: skip
 
     def teachers(self) -> Path:
         from .teachers_joint import train_lora_teachers_jointly
@@ -201,34 +240,59 @@ class SyntheticRecipe:
         s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers_joint.py)
         return self._stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
             str(self.backbone()), self.tokenizer, self.train, p, rank=s.lora_rank, max_steps=s.teacher_steps,
-            learning_rate=s.teacher_learning_rate, batch_size=s.batch_size, seed=s.seed))  # fmt: skip
+            learning_rate=s.teacher_learning_rate, batch_size=s.batch_size, seed=s.seed),
+            self._record(("teacher_steps", "teacher_learning_rate", "lora_rank")))  # fmt: skip
 
-    def fresh_tagi(self, fusion: str) -> TagiModel:
+    def fresh_tagi(self, fusion: str, generator: dict | None = None) -> TagiModel:
+        """A TAGI model around the stand-in; `generator`: TagiConfig fields (default: the settings' generator)."""
         r = self.s.lora_rank
-        return TagiModel.from_backbone(str(self.backbone()), lora_rank=r, lora_alpha=2 * r, fusion=fusion)
+        generator = self.generator() if generator is None else generator
+        return TagiModel.from_backbone(str(self.backbone()), lora_rank=r, lora_alpha=2 * r, fusion=fusion,
+                                       **generator)  # fmt: skip
 
-    def stage1(self, fusion: str) -> Path:
-        s = self.s
+    def generator(self) -> dict:
+        """The settings' generator as TagiConfig fields."""
+        return {"instruction_encoder": self.s.instruction_encoder, "instruction_pooling": self.s.instruction_pooling}
+
+    def stage1(self, fusion: str, generator: dict | None = None) -> Path:
+        s, generator = self.s, self.generator() if generator is None else generator
         name = "tagi-stage1" if fusion == s.fusion else f"tagi-stage1-{fusion}"
+        name += "" if generator == self.generator() else "-" + "-".join(generator.values())
+        record = self._record(("stage1_steps", "learning_rate", "lora_rank", "corpus_instance_fraction"),
+                              fusion=fusion, **generator)  # fmt: skip
         return self._stage(self.out / name, lambda p: train_tagi(
-            self.fresh_tagi(fusion), self.tokenizer, Dataset.from_dict({"text": self.corpus}), p,
+            self.fresh_tagi(fusion, generator), self.tokenizer, Dataset.from_dict({"text": self.corpus}), p,
             _stage_args(s, self.out / f".work-{name}", s.stage1_steps, lambda_kl=0.0, lambda_ins=0.0),
-            data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed)))  # fmt: skip
+            data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed)), record)  # fmt: skip
 
     def tagi(self, name: str = "tagi", *, setting: str = "def", fusion: str | None = None, stage1: bool = True,
-             lambda_kl: float | None = None, lambda_ins: float | None = None,
-             learning_rate: float | None = None) -> Path:  # fmt: skip
-        """Stage 2 for one variant (defaults: the full method of the settings)."""
+             lambda_kl: float | None = None, lambda_ins: float | None = None, learning_rate: float | None = None,
+             generator: dict | None = None) -> Path:  # fmt: skip
+        """Stage 2 for one variant (defaults: the full method of the settings; `generator`: TagiConfig fields of
+        another generator, e.g. the paper's frozen encoder with mean pooling)."""
         s = self.s if learning_rate is None else replace(self.s, learning_rate=learning_rate)
         fusion = fusion or s.fusion
         kl = s.lambda_kl if lambda_kl is None else lambda_kl
         ins = s.lambda_ins if lambda_ins is None else lambda_ins
+        generator = self.generator() if generator is None else generator
+        separate = generator["instruction_encoder"] == "separate"
+        encoder_lr = s.instruction_encoder_learning_rate if separate else None
+        record = self._record(
+            ("stage1_steps", "stage2_steps", "lora_rank", "kl_temperature", "examples_per_task", "baseline_steps",
+             "teacher_steps", "teacher_learning_rate"),
+            setting=setting, fusion=fusion, stage1=stage1, lambda_kl=kl, lambda_ins=ins, learning_rate=s.learning_rate,
+            instruction_encoder_learning_rate=encoder_lr, **generator,
+        )  # fmt: skip
 
         def build(path: Path) -> None:
-            model = TagiModel.from_pretrained(self.stage1(fusion)) if stage1 else self.fresh_tagi(fusion)
+            if stage1:
+                model = TagiModel.from_pretrained(self.stage1(fusion, generator))
+            else:
+                model = self.fresh_tagi(fusion, generator)
             train_tagi(
                 model, self.tokenizer, self.train, path,
-                _stage_args(s, self.out / f".work-{name}", s.stage2_steps, lambda_kl=kl, lambda_ins=ins),
+                _stage_args(s, self.out / f".work-{name}", s.stage2_steps, lambda_kl=kl, lambda_ins=ins,
+                            instruction_encoder_learning_rate=encoder_lr, examples_per_task=s.examples_per_task),
                 data_collator=TagiDataCollator(self.tokenizer, setting=setting),
                 teacher_model=T5ForConditionalGeneration.from_pretrained(self.baseline(setting)) if kl > 0 else None,
                 teacher_bank=TeacherBank.from_directory(self.teachers()) if ins > 0 else None,
@@ -236,7 +300,7 @@ class SyntheticRecipe:
 
         from .teachers import TeacherBank
 
-        return self._stage(self.out / name, build)
+        return self._stage(self.out / name, build, record)
 
     def evaluate(
         self, model_dir: Path, *, setting: str = "def", instruction_mode: str = "own", split: str = "test"
