@@ -148,6 +148,8 @@ def run(
     variants = {n: kw for n, kw in variants.items() if kw.get("generator", {}) != recipe.generator()}  # no duplicate
     for setting in prompt_settings:
         suffix = "" if setting == "def" else f"-{setting}"
+        if settings.stage2_steps != BENCHMARK_SETTINGS["stage2_steps"]:  # e.g. run_all's shorter full comparison
+            suffix += f"-{settings.stage2_steps}steps"  # its own folders: never the headline's models
         models = {"multi-task FT, instruction in context (Tk-Instruct analogue)": recipe.baseline(setting)}
         if not headline:
             models = {"backbone, instruction in context (no meta-training)": recipe.backbone(), **models}
