@@ -3,7 +3,8 @@
 Methods (issue 4): 1 backbone with the instruction in context (no meta-training); 2 multi-task fine-tuning with the
 instruction in context (Tk-Instruct analogue); 3 hypernetwork with L_pred only (HINT/Hypter analogue); 4 TAGI;
 5-8 TAGI without stage 1 / fusion / L_kl / L_ins; TAGI with the paper's generator (the frozen backbone encoder, one
-masked mean for every module) where the default generator differs; 9 the per-task LoRA teachers on their own training tasks. Each
+masked mean for every module) where the default generator differs; 9 the per-task LoRA teachers on their own
+training tasks. Each
 in the "Def" and "Def + 2 Pos." settings, with ROUGE-L, EM and strict EM overall and on the two held-out kinds,
 plus TAGI's instruction sensitivity (a generic instruction, another task's instruction).
 

@@ -128,8 +128,8 @@ def test_variant_folders_are_distinct_single_path_components():
     import quality
 
     slugs = [quality.model_slug(name) for name in quality.VARIANTS if name != "TAGI"]
-    assert slugs == ["tagi-hypernet-l-pred-only", "tagi-paper-s-generator", "tagi-without-stage-1", "tagi-without-fusion", "tagi-without-l-kl",
-                     "tagi-without-l-ins"]  # fmt: skip
+    assert slugs == ["tagi-hypernet-l-pred-only", "tagi-paper-s-generator", "tagi-without-stage-1",
+                     "tagi-without-fusion", "tagi-without-l-kl", "tagi-without-l-ins"]  # fmt: skip
     assert all("/" not in s for s in slugs) and len(set(slugs)) == len(slugs)
 
 

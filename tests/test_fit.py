@@ -1,6 +1,7 @@
 """Fit checks: unseen instances of train tasks, the teachers scored in one batched pass, EM by operation."""
 
 import json
+
 import pytest
 import torch
 from datasets import Dataset
