@@ -23,6 +23,7 @@ METHOD_LABELS = {
 TRAIN_LABELS = {
     "multitask_ft": "multi-task FT (in context, full T5)",
     "tagi_stage2": "TAGI stage 2 (L_pred + L_kl + L_ins)",
+    "tagi_stage2_encoder": "TAGI stage 2, trainable instruction encoder",
     "tagi_lpred": "TAGI, L_pred only",
 }
 GOAL_LABELS = {
@@ -113,6 +114,8 @@ def training_table(results: dict) -> list[str]:
         train = shape_result["training"]
         ft = train["multitask_ft"]
         for method, label in TRAIN_LABELS.items():
+            if method not in train:  # results measured before the method existed
+                continue
             t = train[method]
             lines.append(
                 f"| {name} | {label} | {t['batch_size']} | {t['step_s']:.2f} | {t['step_s'] / ft['step_s']:.2f} | "

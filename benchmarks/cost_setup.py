@@ -48,10 +48,12 @@ class Shape:
     def t5_config(self) -> T5Config:
         return T5Config.from_dict(self.text_config)
 
-    def tagi_config(self, fusion: str) -> TagiConfig:
+    def tagi_config(self, fusion: str, **generator) -> TagiConfig:
+        """`generator`: TagiConfig's generator fields (default: the paper's frozen encoder and mean pooling)."""
         return TagiConfig(
-            text_config=self.t5_config(), lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, fusion=fusion
-        )
+            text_config=self.t5_config(), lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, fusion=fusion,
+            **generator,
+        )  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)

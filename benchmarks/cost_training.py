@@ -6,6 +6,8 @@ Methods (same shapes, batch size and optimizer: `torch.optim.AdamW`, lr 1e-4, ov
   student forward (instruction encoder, generator, fusion, backbone on the instance), the frozen teacher's forward on
   instruction + instance (included), the alignment with per-example teacher LoRAs (random rank-r factors held in
   memory: reading them from a `TeacherBank` on disk is not timed);
+- `tagi_stage2_encoder`: the same stage-2 step with the generator that reads the instruction: a separate trainable
+  instruction encoder (a copy of the backbone's) and attention pooling (what the trainable encoder adds to a step);
 - `tagi_lpred`: TAGI with `L_pred` only (no teacher).
 Every example of a batch has its own instruction (a batch drawn across tasks). A step is forward + backward +
 optimizer step + `zero_grad`; the first step is a warm-up (it also allocates the optimizer state and counts the
@@ -34,6 +36,7 @@ from tagi_hf.losses import LoraFactors
 TRAIN_METHODS = {
     "multitask_ft": "multi-task FT (instruction in context, full T5)",
     "tagi_stage2": "TAGI stage 2 (L_pred + L_kl + L_ins, teacher forward incl.)",
+    "tagi_stage2_encoder": "TAGI stage 2, trainable instruction encoder + attention pooling",
     "tagi_lpred": "TAGI, L_pred only",
 }
 
@@ -94,8 +97,10 @@ def _setup(method: str, shape: Shape, batch_size: int, seed: int, device: str, w
     from tagi_hf.trainer import TagiTrainer
     from tagi_hf.training_args import TagiTrainingArguments
 
-    full = method == "tagi_stage2"
-    model = TagiModel(shape.tagi_config("cross_attention")).to(device).train()
+    full = method in ("tagi_stage2", "tagi_stage2_encoder")
+    generator = dict(instruction_encoder="separate", instruction_pooling="attention")
+    config = shape.tagi_config("cross_attention", **(generator if method == "tagi_stage2_encoder" else {}))
+    model = TagiModel(config).to(device).train()
     teacher = T5ForConditionalGeneration(shape.t5_config()).to(device).eval() if full else None
     args = TagiTrainingArguments(
         output_dir=workdir,
