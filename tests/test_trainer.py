@@ -164,13 +164,17 @@ def test_missing_teachers_are_refused(tmp_path):
         trainer.train()
 
 
+PAPER_GENERATOR = dict(instruction_encoder="backbone", instruction_pooling="mean")
+
+
+@pytest.mark.parametrize("generator", ["paper", "default"])
 @pytest.mark.parametrize(("lambda_kl", "lambda_ins"), [(0.0, 0.0), (0.5, 0.5)])
-def test_gradient_accumulation_is_exact(tmp_path, lambda_kl, lambda_ins):
+def test_gradient_accumulation_is_exact(tmp_path, lambda_kl, lambda_ins, generator):
     grads = []
     for batch_size, steps in ((8, 1), (2, 4)):
         trainer = _trainer(
             tmp_path,
-            model=tiny_model("cross_attention").double(),
+            model=tiny_model("cross_attention", **(PAPER_GENERATOR if generator == "paper" else {})).double(),
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=steps,
             max_steps=1,
@@ -191,8 +195,12 @@ def test_gradient_accumulation_is_exact(tmp_path, lambda_kl, lambda_ins):
         trainer.train()
         grads.append(captured)
     assert grads[0].keys() == grads[1].keys() and grads[0]
+    # A trainable instruction encoder is a T5 encoder, whose T5LayerNorm computes in float32 even in a float64 model:
+    # rows sharing an instruction sum their gradients before that rounding, so micro-batches differ at float32 level.
+    rtol, atol = (1e-9, 1e-12) if generator == "paper" else (1e-5, 1e-6)  # a wrong scale is off by >= 25 %
     for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-9, atol=1e-12)
+        tolerance = (rtol, atol) if name.startswith("instruction_encoder.") else (1e-9, 1e-12)
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=tolerance[0], atol=tolerance[1])
 
 
 def test_predict_with_generate_and_eval_loss(tmp_path):

@@ -55,6 +55,8 @@ def tiny_model(fusion: str = "cross_attention", seed: int = 0, perturb: bool = T
         with torch.no_grad():
             for param in model.generator.heads_b.parameters():
                 param.normal_(0.0, 0.05)
+            if model.generator.pooling is not None:  # zero queries pool the mean: make each module read its own
+                model.generator.pooling.query.normal_(0.0, 1.0)
             if model.encoder_fusion is not None:
                 for layer in model.encoder_fusion:
                     layer.gate.fill_(0.5)

@@ -41,11 +41,12 @@ class TagiConfig(PretrainedConfig):
             Dropout inside the generator trunk.
         max_instruction_length (`int`, defaults to 1024):
             Instructions longer than this many tokens are truncated (with one warning).
-        instruction_encoder (`str`, defaults to `"backbone"`):
-            What reads the instruction. `"backbone"`: the frozen backbone's own encoder (the paper). `"separate"`: a
-            copy of the backbone's encoder, initialised from its weights, that trains with the generator (HINT's
-            choice); its states feed both the generator and the fusion.
-        instruction_pooling (`str`, defaults to `"mean"`):
+        instruction_encoder (`str`, defaults to `"separate"`):
+            What reads the instruction. `"separate"`: a copy of the backbone's encoder, initialised from its weights,
+            that trains with the generator (HINT's choice); its states feed both the generator and the fusion.
+            `"backbone"`: the frozen backbone's own encoder (the paper; no extra parameters). The default was chosen
+            on the synthetic suite's dev split (see `benchmarks/results/probes/generator.md`).
+        instruction_pooling (`str`, defaults to `"attention"`):
             How the instruction's token states become the generator's input. `"mean"`: one masked mean for every
             generated module (the paper). `"attention"`: a learned query per (attention kind, layer) attends over the
             tokens (masked), so each module reads what it needs; the queries start at zero, which is the mean.
@@ -80,8 +81,8 @@ class TagiConfig(PretrainedConfig):
     hypernet_embedding_size: int = 64
     hypernet_dropout: float = 0.0
     max_instruction_length: int = 1024
-    instruction_encoder: str = "backbone"
-    instruction_pooling: str = "mean"
+    instruction_encoder: str = "separate"
+    instruction_pooling: str = "attention"
     pooling_num_heads: int | None = None
     fusion_num_heads: int | None = None
     base_model_name_or_path: str | None = None
