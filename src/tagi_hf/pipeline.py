@@ -303,8 +303,8 @@ class SyntheticRecipe:
         separate = generator["instruction_encoder"] == "separate"
         encoder_lr = s.instruction_encoder_learning_rate if separate else None
         record = self._record(
-            ("stage1_steps", "stage1_learning_rate", "stage2_steps", "lora_rank", "kl_temperature", "examples_per_task", "baseline_steps",
-             "teacher_steps", "teacher_learning_rate"),
+            ("stage1_steps", "stage1_learning_rate", "stage2_steps", "lora_rank", "kl_temperature",
+             "examples_per_task", "baseline_steps", "teacher_steps", "teacher_learning_rate"),
             setting=setting, fusion=fusion, stage1=stage1, lambda_kl=kl, lambda_ins=ins, learning_rate=s.learning_rate,
             instruction_encoder_learning_rate=encoder_lr, **generator,
         )  # fmt: skip
