@@ -67,3 +67,31 @@ def test_a_rerun_skips_finished_stages_and_rewrites_the_metrics(demo, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stage_seconds"] == {}  # no stage was built by the re-run
     assert "| TAGI |" in capsys.readouterr().out
+
+
+def test_stages_record_their_settings_and_the_generator_reads_through_its_own_encoder(demo):
+    import torch
+
+    from tagi_hf import TagiModel
+    from tagi_hf.pipeline import STAGE_RECORD
+
+    out, _ = demo
+    for stage in ("backbone", "baseline", "teachers", "tagi-stage1", "tagi"):
+        assert json.loads((out / stage / STAGE_RECORD).read_text())["d_model"] == 16
+    stage1, stage2 = TagiModel.from_pretrained(out / "tagi-stage1"), TagiModel.from_pretrained(out / "tagi")
+    assert stage2.config.instruction_encoder == "separate" and stage2.config.instruction_pooling == "attention"
+    same = lambda m: all(  # noqa: E731
+        torch.equal(a, b) for a, b in zip(m.instruction_encoder.parameters(), m.backbone.encoder.parameters())
+    )
+    assert same(stage1)  # frozen in stage 1: still the backbone's encoder
+    assert not same(stage2)  # trained in stage 2
+
+
+def test_a_rerun_with_other_settings_is_refused_not_reused(demo, capsys):
+    out, argv = demo
+    changed = [*argv]
+    changed[changed.index("--stage2-steps") + 1] = "3"
+    assert main(changed) == 2
+    error = capsys.readouterr().err
+    assert f"Stage output {out / 'tagi'} was built with other settings" in error
+    assert "stage2_steps: built with 2, now 3" in error
