@@ -184,3 +184,16 @@ def test_adapter_save_writes_the_card_it_is_given(tmp_path):
     assert "000-reverse" in str(card)
     adapter.save_pretrained(tmp_path / "b")
     assert (tmp_path / "b" / "README.md").read_text() == str(adapter_model_card(adapter))
+
+
+@pytest.mark.parametrize("generator", ["default", "paper"])
+def test_generator_card_says_what_reads_the_instruction(generator):
+    paper = dict(instruction_encoder="backbone", instruction_pooling="mean")
+    model = tiny_model("cross_attention", **(paper if generator == "paper" else {}))
+    text = str(generator_model_card(model, repo_id="me/gen"))
+    if generator == "paper":
+        assert "| instruction reader | the frozen backbone encoder; one masked mean for every module |" in text
+    else:
+        count = sum(p.numel() for p in model.instruction_encoder.parameters())
+        assert f"a trainable copy of the backbone's encoder ({count:,} parameters)" in text
+        assert "a learned query per (attention kind, layer) attends over its tokens" in text

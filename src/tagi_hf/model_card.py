@@ -149,6 +149,7 @@ def generator_model_card(
         text=config.text_config,
         generator_parameters=count(model.generator),
         fusion_parameters=count(model.encoder_fusion) + count(model.decoder_gates),
+        instruction_encoder_parameters=count(model.instruction_encoder),
         backbone_parameters=count(model.backbone),
     )
 
