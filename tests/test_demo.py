@@ -52,8 +52,13 @@ def test_demo_runs_every_stage_and_writes_its_table_and_metrics(demo, capsys):
     assert f"Ran in {metrics['seconds'] / 60:.1f} min" in printed
 
     demo_part = metrics["adapter_demo"]
-    assert demo_part["instruction"] == DEMO_INSTRUCTION and len(demo_part["examples"]) == 3
-    assert demo_part["examples"][0]["expected"] == "BOAT BIRD APPLE"  # reverse, then upper case
+    assert demo_part["instruction"] == DEMO_INSTRUCTION and len(demo_part["examples"]) == 5
+    assert "owl" in DEMO_INSTRUCTION  # a held-out parameter word
+    assert demo_part["examples"][1]["expected"] == "apple owl boat owl"
+    matches = sum(r["output"] == r["expected"] for r in demo_part["examples"])
+    assert demo_part["exact_match"] == 100.0 * matches / 5
+    assert "| input | prediction | expected |" in printed
+    assert f"Exact match: {demo_part['exact_match']:.0f} %" in printed
     adapter = GeneratedAdapter.from_pretrained(out / "adapter-demo")
     assert DEMO_INSTRUCTION in adapter.instruction
     assert (out / "adapter-demo" / "adapter_config.json").exists()

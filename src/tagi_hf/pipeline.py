@@ -432,15 +432,16 @@ def _headline(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("rougeL", "exact_match", "exact_match_strict", "n", "ran_to_limit")}
 
 
+DEMO_OPS = (("replace", "cat", "owl"),)
 DEMO_INSTRUCTION = (
-    "In this task you are given a list of words separated by spaces. Reverse the order of the words. "
-    "Then write every word in capital letters."
-)  # a held-out chain (reverse>upper): never seen in training
-DEMO_INPUTS = ("apple bird boat", "cat dog sun moon", "owl rose gold kite drum")
+    "In this task you are given a list of words separated by spaces. Replace every cat with owl."
+)  # `owl` is a held-out word: no train task uses it as a parameter, so only the instruction can name it
+DEMO_INPUTS = ("cat dog sun", "apple cat boat cat", "bird moon cat", "fish cup", "cat cat kite drum rose")
 
 
 def _adapter_demo(model_dir: Path, adapter_dir: Path) -> dict:
-    """Generates an adapter for an instruction outside the train split, saves it, reloads it and runs it."""
+    """Generates an adapter for an instruction outside the train split (a held-out parameter word), saves it,
+    reloads it and runs it on 5 inputs; records each prediction beside its expected output, and the exact match."""
     from .adapter import GeneratedAdapter
     from .data.prompts import format_instruction, format_student_input
     from .data.synthetic import chain_output
@@ -452,9 +453,10 @@ def _adapter_demo(model_dir: Path, adapter_dir: Path) -> dict:
     enc = tokenizer([format_student_input(x) for x in DEMO_INPUTS], padding=True, return_tensors="pt")
     ids = model.generate(**enc, adapter=adapter, max_new_tokens=24)
     outputs = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    expected = [chain_output(["reverse", "upper"], x) for x in DEMO_INPUTS]
+    expected = [chain_output(DEMO_OPS, x) for x in DEMO_INPUTS]
     rows = [{"input": i, "output": o.strip(), "expected": e} for i, o, e in zip(DEMO_INPUTS, outputs, expected)]
-    return {"instruction": DEMO_INSTRUCTION, "adapter_dir": str(adapter_dir), "examples": rows}
+    exact = 100.0 * sum(r["output"] == r["expected"] for r in rows) / len(rows)
+    return {"instruction": DEMO_INSTRUCTION, "adapter_dir": str(adapter_dir), "examples": rows, "exact_match": exact}
 
 
 def format_demo_table(summary: dict) -> str:
@@ -471,8 +473,10 @@ def format_demo_table(summary: dict) -> str:
         lines += [f"| {name} | {m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['ran_to_limit']} | {m['n']} |"
                   for name, m in fit.items()]  # fmt: skip
     demo = summary["adapter_demo"]
-    lines += ["", f"Generated adapter for an unseen instruction: {demo['instruction']}"]
-    lines += [f"  {r['input']!r} -> {r['output']!r} (expected {r['expected']!r})" for r in demo["examples"]]
+    lines += ["", f"Generated adapter for an unseen instruction (a held-out word): {demo['instruction']}",
+              "| input | prediction | expected |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['input']} | {r['output']} | {r['expected']} |" for r in demo["examples"]]
+    lines += [f"Exact match: {demo['exact_match']:.0f} % of {len(demo['examples'])}."]
     if "seconds" in summary:
         machine = summary["machine"]
         lines += [
