@@ -22,8 +22,8 @@ METHOD_LABELS = {
 }
 TRAIN_LABELS = {
     "multitask_ft": "multi-task FT (in context, full T5)",
-    "tagi_stage2": "TAGI stage 2 (L_pred + L_kl + L_ins)",
-    "tagi_stage2_encoder": "TAGI stage 2, trainable instruction encoder",
+    "tagi_stage2": "TAGI stage 2 (L_pred + L_kl + L_ins), paper's generator",
+    "tagi_stage2_encoder": "TAGI stage 2, trainable instruction encoder (default)",
     "tagi_lpred": "TAGI, L_pred only",
 }
 GOAL_LABELS = {

@@ -49,7 +49,7 @@ class Shape:
         return T5Config.from_dict(self.text_config)
 
     def tagi_config(self, fusion: str, **generator) -> TagiConfig:
-        """`generator`: TagiConfig's generator fields (default: the paper's frozen encoder and mean pooling)."""
+        """`generator`: TagiConfig's generator fields (default: TagiConfig's)."""
         return TagiConfig(
             text_config=self.t5_config(), lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, fusion=fusion,
             **generator,

@@ -2,7 +2,8 @@
 
 Methods (same shapes, batch size and optimizer: `torch.optim.AdamW`, lr 1e-4, over the trainable parameters):
 - `multitask_ft`: full fine-tuning of the T5 on instruction + instance (Tk-Instruct; the multi-task baseline);
-- `tagi_stage2`: TAGI stage 2, `L_pred + L_kl + L_ins` (lambda_kl = lambda_ins = 1) through `TagiTrainer.compute_loss`:
+- `tagi_stage2`: TAGI stage 2 with the paper's generator (frozen encoder, mean pooling), `L_pred + L_kl + L_ins`
+  (lambda_kl = lambda_ins = 1) through `TagiTrainer.compute_loss`:
   student forward (instruction encoder, generator, fusion, backbone on the instance), the frozen teacher's forward on
   instruction + instance (included), the alignment with per-example teacher LoRAs (random rank-r factors held in
   memory: reading them from a `TeacherBank` on disk is not timed);
@@ -98,8 +99,10 @@ def _setup(method: str, shape: Shape, batch_size: int, seed: int, device: str, w
     from tagi_hf.training_args import TagiTrainingArguments
 
     full = method in ("tagi_stage2", "tagi_stage2_encoder")
-    generator = dict(instruction_encoder="separate", instruction_pooling="attention")
-    config = shape.tagi_config("cross_attention", **(generator if method == "tagi_stage2_encoder" else {}))
+    encoder = method == "tagi_stage2_encoder"  # the others: the paper's generator (frozen encoder, mean pooling)
+    generator = dict(instruction_encoder="separate" if encoder else "backbone",
+                     instruction_pooling="attention" if encoder else "mean")  # fmt: skip
+    config = shape.tagi_config("cross_attention", **generator)
     model = TagiModel(config).to(device).train()
     teacher = T5ForConditionalGeneration(shape.t5_config()).to(device).eval() if full else None
     args = TagiTrainingArguments(
