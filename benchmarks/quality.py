@@ -74,9 +74,7 @@ PAPER_GENERATOR = "TAGI, paper's generator (frozen encoder, mean pooling)"
 VARIANTS = {  # name: keyword arguments of SyntheticRecipe.tagi (defaults: the full method)
     "hypernet L_pred only (HINT/Hypter analogue)": dict(lambda_kl=0.0, lambda_ins=0.0),
     "TAGI": {},
-    PAPER_GENERATOR: dict(
-        generator={"instruction_encoder": "backbone", "instruction_pooling": "mean"}
-    ),
+    PAPER_GENERATOR: dict(generator={"instruction_encoder": "backbone", "instruction_pooling": "mean"}),
     "TAGI w/o stage 1": dict(stage1=False),
     "TAGI w/o fusion": dict(fusion="none"),
     "TAGI w/o L_kl": dict(lambda_kl=0.0),
