@@ -151,8 +151,11 @@ def test_auto_classes_load_tagi(tmp_path):
         assert (tmp_path / name).exists(), name
 
 
-def test_remote_code_load_without_the_package(tmp_path):
-    model = tiny_model("cross_attention")
+@pytest.mark.parametrize(
+    "generator", [{}, {"instruction_encoder": "backbone", "instruction_pooling": "mean"}], ids=["default", "paper"]
+)
+def test_remote_code_load_without_the_package(tmp_path, generator):
+    model = tiny_model("cross_attention", **generator)
     model.save_pretrained(tmp_path / "model")
     inputs = batch()
     torch.save(inputs, tmp_path / "inputs.pt")
@@ -164,6 +167,7 @@ import torch
 from transformers import AutoModel
 model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert model.config.instruction_encoder == {model.config.instruction_encoder!r}
 inputs = torch.load({str(tmp_path / "inputs.pt")!r})
 diff = (model(**inputs).logits - torch.load({str(tmp_path / "expected.pt")!r})).abs().max().item()
 assert diff <= 1e-5, diff
