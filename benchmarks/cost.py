@@ -146,12 +146,15 @@ def goals(result: dict) -> dict:
     train = result["training"]
     ft = train["multitask_ft"]["step_s"]
     speedup = result["adapter_throughput"]["speedup_per_adapter"]
-    fusion = flops["tagi_fusion"]["per_task"] / in_context
-    no_fusion = flops["tagi_no_fusion"]["per_task"] / least
+    fusion = flops["tagi_fusion_api"]["per_task"] / in_context  # through the calls a user makes
+    no_fusion = flops["tagi_no_fusion_api"]["per_task"] / least
     stage2 = train["tagi_stage2"]["step_s"] / ft
+    wall = result["wall_time"]
+    wall_ratio = wall["tagi_fusion_api"]["task_s"] / wall["in_context"]["task_s"]
     return {
         "fusion_flops_vs_in_context": {
             "value": fusion,
+            "task_state": flops["tagi_fusion"]["per_task"] / in_context,
             "merged": flops["tagi_fusion_merged"]["per_task"] / in_context,
             "floor": floor / in_context,
             "paper": 0.39,
@@ -160,10 +163,17 @@ def goals(result: dict) -> dict:
         },
         "no_fusion_flops_vs_floor_plus_instruction_pass": {
             "value": no_fusion,
+            "task_state": flops["tagi_no_fusion"]["per_task"] / least,
             "merged": flops["tagi_no_fusion_merged"]["per_task"] / least,
             "instances_per_task": n,
             "target": "<= 1.02",
             "met": no_fusion <= 1.02,
+        },
+        "fusion_wall_time_vs_in_context": {
+            "value": wall_ratio,
+            "task_state": wall["tagi_fusion"]["task_s"] / wall["in_context"]["task_s"],
+            "target": "<= 1.0",
+            "met": wall_ratio <= 1.0,
         },
         "adapter_generation_speedup_batch64_vs_1": {"value": speedup, "target": ">= 10", "met": speedup >= 10},
         "train_step_tagi_vs_multitask_ft": {

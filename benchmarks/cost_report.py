@@ -18,6 +18,8 @@ METHOD_LABELS = {
     "tagi_fusion_merged": "TAGI (fusion, LoRA merged)",
     "tagi_no_fusion": "TAGI w/o fusion (LoRA on the fly)",
     "tagi_no_fusion_merged": "TAGI w/o fusion (LoRA merged via PEFT)",
+    "tagi_fusion_api": "TAGI (fusion), public API: `generate_adapter` + `generate(adapter=)`",
+    "tagi_no_fusion_api": "TAGI w/o fusion, public API",
     "floor": "floor: bare T5, input alone",
 }
 TRAIN_LABELS = {
@@ -27,8 +29,11 @@ TRAIN_LABELS = {
     "tagi_lpred": "TAGI, L_pred only",
 }
 GOAL_LABELS = {
-    "fusion_flops_vs_in_context": "TAGI (fusion) FLOPs / in-context FLOPs",
-    "no_fusion_flops_vs_floor_plus_instruction_pass": "TAGI w/o fusion FLOPs / (floor + 1 instruction pass)",
+    "fusion_flops_vs_in_context": "TAGI (fusion) FLOPs / in-context FLOPs, public API",
+    "no_fusion_flops_vs_floor_plus_instruction_pass": (
+        "TAGI w/o fusion FLOPs / (floor + 1 instruction read), public API"
+    ),
+    "fusion_wall_time_vs_in_context": "TAGI (fusion) wall time / in-context wall time, public API",
     "adapter_generation_speedup_batch64_vs_1": "adapters/s at batch 64 / at batch 1",
     "train_step_tagi_vs_multitask_ft": "TAGI stage-2 step time / multi-task FT step time",
 }
@@ -71,6 +76,8 @@ def inference_table(name: str, shape_result: dict, device: str) -> list[str]:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for method, label in METHOD_LABELS.items():
+        if method not in flops:  # results from before the method was measured
+            continue
         f, w = flops[method], wall[method]
         lines.append(
             f"| {label} | {_g(f['per_instance'])} | {f['per_task'] / ref_flops:.3f} | {_g(f['per_task_work'])} | "
@@ -80,16 +87,20 @@ def inference_table(name: str, shape_result: dict, device: str) -> list[str]:
 
 
 def goals_table(results: dict) -> list[str]:
+    """One row per goal, one column per shape: the value (met or missed), and with a precomputed `task_state=` where
+    the goal is measured through the public API."""
     names = list(results["shapes"])
     lines = ["| goal (stated for the SNI shape) | target | " + " | ".join(names) + " |"]
     lines.append("|---|---|" + "---:|" * len(names))
     for key, label in GOAL_LABELS.items():
-        target = next(iter(results["shapes"].values()))["goals"][key]["target"]
+        goals = [results["shapes"][name]["goals"].get(key) for name in names]
+        if any(goal is None for goal in goals):  # results from before the goal was measured
+            continue
         cells = []
-        for name in names:
-            goal = results["shapes"][name]["goals"][key]
-            cells.append(f"{goal['value']:.3f} ({'met' if goal['met'] else 'missed'})")
-        lines.append(f"| {label} | {target} | " + " | ".join(cells) + " |")
+        for goal in goals:
+            cell = f"{goal['value']:.3f} ({'met' if goal['met'] else 'missed'})"
+            cells.append(cell + (f"; task_state=: {goal['task_state']:.3f}" if "task_state" in goal else ""))
+        lines.append(f"| {label} | {goals[0]['target']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -173,7 +184,7 @@ def plot_cost(results_list: list[dict], path: str | Path) -> None:
         tag = "GPU" if results["machine"]["device"].startswith("cuda") else "CPU"
         for name, shape_result in results["shapes"].items():
             groups.append((f"{name} ({tag})", shape_result))
-    methods = list(METHOD_LABELS)
+    methods = [m for m in METHOD_LABELS if all(m in g["flops"] for _, g in groups)]  # older results lack some
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
     width = 0.8 / len(groups)
     for ax, (title, metric) in zip(axes, (("FLOPs per task", "flops"), ("wall time per task", "wall_time"))):

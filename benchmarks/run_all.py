@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from cost_report import GOAL_LABELS, METHOD_LABELS, plot_cost, render_markdown  # noqa: E402
+from cost_report import METHOD_LABELS, goals_table, plot_cost, render_markdown  # noqa: E402
 from fit_report import fit_table, fit_tables, fit_targets  # noqa: E402
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
@@ -256,7 +256,7 @@ def plot(q: dict | None, cost: dict | None, path: Path) -> None:
     if cost is not None:
         ax = axes[0][1]
         shapes = list(cost["shapes"])
-        methods = list(METHOD_LABELS)
+        methods = [m for m in METHOD_LABELS if all(m in r["flops"] for r in cost["shapes"].values())]
         width = 0.8 / len(shapes)
         for i, name in enumerate(shapes):
             flops = cost["shapes"][name]["flops"]
@@ -315,11 +315,7 @@ def render_report(results: Path, runtimes: dict[str, dict] | None = None) -> tup
     if cost is not None:
         cost_markdown = render_markdown(cost)
         full += ["## Cost", "", cost_markdown, ""]
-        rows = ["| goal | target | " + " | ".join(cost["shapes"]) + " |", "|---|---|" + "---:|" * len(cost["shapes"])]
-        for key, label in GOAL_LABELS.items():
-            goals = [cost["shapes"][s]["goals"][key] for s in cost["shapes"]]
-            cells = " | ".join(f"{g['value']:.3f} ({'met' if g['met'] else 'missed'})" for g in goals)
-            rows.append(f"| {label} | {goals[0]['target']} | {cells} |")
+        rows = goals_table(cost)
         where = cost_markdown.splitlines()[0].removeprefix("Cost benchmark on ")
         short += [f"Cost ({where})", ""] + rows + [""]
     else:

@@ -30,7 +30,14 @@ from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer, InstructionCrossAttention, encoder_fusion_hook, instruction_kv
 from .hypernetwork import AdapterGenerator, masked_mean
 from .lora import install_lora_layers, lora_targets
-from .task_state import LoraFactors, TaskState, checkpointing_disabled, pad_instruction_states
+from .task_state import (
+    LoraFactors,
+    TaskState,
+    TaskStateCache,
+    checkpointing_disabled,
+    pad_instruction_states,
+    tensor_fingerprint,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -90,6 +97,9 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: TagiConfig, backbone: T5ForConditionalGeneration | None = None):
         super().__init__(config)
+        # Task states of recently used adapters (see `TaskStateCache`; `model.task_state_cache.max_size = 0` turns
+        # it off). Each entry holds the fusion's instruction keys/values: about 2 x layers x length x d_model floats.
+        self.task_state_cache = TaskStateCache(max_size=8)
         self.backbone = backbone if backbone is not None else T5ForConditionalGeneration(config.text_config)
         self.instruction_encoder = None
         if config.instruction_encoder == "separate":  # copied before the backbone gets LoRA layers and fusion hooks
@@ -246,21 +256,73 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         return state if unique.shape[0] == 1 else state.select(inverse)
 
     def task_state_from_adapters(self, adapters: Sequence[GeneratedAdapter]) -> TaskState:
-        """Stacks saved/generated adapters (one per example, or one for the whole batch) into a task state."""
+        """Stacks saved/generated adapters (one per example, or one for the whole batch) into a task state.
+
+        Each distinct adapter's state is computed once and kept in the model's [`TaskStateCache`]
+        (`model.task_state_cache`), so later calls with the same adapter do no instruction-side work; rows that share
+        an adapter share its state.
+        """
+        unique = list({id(a): a for a in adapters}.values())
+        states = [self._adapter_task_state(a) for a in unique]
+        if len(unique) == 1:
+            return states[0]  # one row, broadcast over the batch by the layers
+        position = {id(a): i for i, a in enumerate(unique)}
+        index = torch.tensor([position[id(a)] for a in adapters], device=self.device)
+        return TaskState.concat(states).select(index)
+
+    def _adapter_task_state(self, adapter: GeneratedAdapter) -> TaskState:
+        """One adapter's state (a leading task dimension of 1), from the cache when model and adapter are unchanged."""
+        if not isinstance(adapter, GeneratedAdapter):
+            raise TypeError(f"`adapter` must be a GeneratedAdapter or a list of them, got {type(adapter).__name__}.")
+        dependencies = self._task_state_dependencies()
+        # A state built with gradients (trainable fusion) carries a graph that one backward frees: never reused.
+        cacheable = not (torch.is_grad_enabled() and any(p.requires_grad for p in dependencies))
+        fingerprint = None
+        if cacheable:
+            tensors = [t for pair in adapter.lora_factors.values() for t in pair]
+            if adapter.instruction_states is not None:
+                tensors.append(adapter.instruction_states)
+            fingerprint = (
+                tensor_fingerprint(dependencies),
+                tensor_fingerprint(tensors),
+                str(self.device),
+                torch.is_inference_mode_enabled(),  # inference tensors cannot be used where autograd records
+            )
+            state = self.task_state_cache.get(adapter, fingerprint)
+            if state is not None:
+                return state
+        adapter.check_compatible(self.backbone)
         names = list(self._lora_modules)
-        for adapter in adapters:
-            adapter.check_compatible(self.backbone)
-            if sorted(adapter.lora_factors) != sorted(names):
-                missing = sorted(set(names) ^ set(adapter.lora_factors))
-                raise ValueError(f"Adapter modules do not match this model's targets; differing: {missing[:4]}.")
-        device = self.device
-        factors = {
-            n: tuple(torch.stack([a.lora_factors[n][i] for a in adapters]).to(device) for i in (0, 1)) for n in names
-        }
+        if sorted(adapter.lora_factors) != sorted(names):
+            missing = sorted(set(names) ^ set(adapter.lora_factors))
+            raise ValueError(f"Adapter modules do not match this model's targets; differing: {missing[:4]}.")
+        cast = dict(device=self.device, dtype=self.dtype)  # an adapter saved in float32 serves a bf16 model too
+        factors = {n: tuple(adapter.lora_factors[n][i][None].to(**cast) for i in (0, 1)) for n in names}
         if self.encoder_fusion is None:
-            return TaskState(lora=factors)
-        states, mask = pad_instruction_states(adapters, device)
-        return self._build_task_state(factors, states, mask)
+            state = TaskState(lora=factors)
+        else:
+            states, mask = pad_instruction_states([adapter], self.device)
+            states = states.to(self.dtype)
+            state = self._build_task_state(factors, states, mask)
+        if cacheable:
+            self.task_state_cache.put(adapter, fingerprint, state)
+        return state
+
+    def _task_state_dependencies(self) -> list[nn.Parameter]:
+        """The model weights an adapter's task state is computed from (fusion projections, decoder k/v)."""
+        if self.encoder_fusion is None:
+            return []
+        params = list(self.encoder_fusion.parameters())
+        for block in self.backbone.decoder.block:
+            params.extend(block.layer[1].EncDecAttention.parameters())
+        return params
+
+    def _apply(self, fn, *args, **kwargs):
+        """`to`, `cuda`, `half`, ...: cached task states belong to the old weights."""
+        result = super()._apply(fn, *args, **kwargs)
+        if getattr(self, "task_state_cache", None) is not None:
+            self.task_state_cache.clear()
+        return result
 
     def _build_task_state(self, factors: LoraFactors, states: torch.Tensor, mask: torch.Tensor) -> TaskState:
         if self.encoder_fusion is None:

@@ -433,9 +433,8 @@ def _headline(metrics: dict) -> dict:
 
 
 DEMO_OPS = (("replace", "cat", "owl"),)
-DEMO_INSTRUCTION = (
-    "In this task you are given a list of words separated by spaces. Replace every cat with owl."
-)  # `owl` is a held-out word: no train task uses it as a parameter, so only the instruction can name it
+# `owl` is a held-out word: no train task uses it as a parameter, so only the instruction can name it.
+DEMO_INSTRUCTION = "In this task you are given a list of words separated by spaces. Replace every cat with owl."
 DEMO_INPUTS = ("cat dog sun", "apple cat boat cat", "bird moon cat", "fish cup", "cat cat kite drum rose")
 
 
