@@ -26,6 +26,9 @@ TRAIN_LABELS = {
     "multitask_ft": "multi-task FT (in context, full T5)",
     "tagi_stage2": "TAGI stage 2 (L_pred + L_kl + L_ins), paper's generator",
     "tagi_stage2_encoder": "TAGI stage 2, trainable instruction encoder (default)",
+    "tagi_stage2_cached": "TAGI stage 2, paper's generator, teacher logits cached (top-64)",
+    "tagi_stage2_encoder_cached": "TAGI stage 2, trainable instruction encoder, teacher logits cached (top-64)",
+    "teacher_logits_pass": "teacher-logit cache: teacher forward, once per example (not per epoch)",
     "tagi_lpred": "TAGI, L_pred only",
 }
 GOAL_LABELS = {
@@ -35,7 +38,7 @@ GOAL_LABELS = {
     ),
     "fusion_wall_time_vs_in_context": "TAGI (fusion) wall time / in-context wall time, public API",
     "adapter_generation_speedup_batch64_vs_1": "adapters/s at batch 64 / at batch 1",
-    "train_step_tagi_vs_multitask_ft": "TAGI stage-2 step time / multi-task FT step time",
+    "train_step_tagi_vs_multitask_ft": "TAGI stage-2 step time / multi-task FT step time (teacher logits cached)",
 }
 
 
@@ -99,7 +102,9 @@ def goals_table(results: dict) -> list[str]:
         cells = []
         for goal in goals:
             cell = f"{goal['value']:.3f} ({'met' if goal['met'] else 'missed'})"
-            cells.append(cell + (f"; task_state=: {goal['task_state']:.3f}" if "task_state" in goal else ""))
+            cell += f"; task_state=: {goal['task_state']:.3f}" if "task_state" in goal else ""
+            cell += f"; live teacher: {goal['live_teacher']:.3f}" if "live_teacher" in goal else ""
+            cells.append(cell)
         lines.append(f"| {label} | {goals[0]['target']} | " + " | ".join(cells) + " |")
     return lines
 

@@ -9,6 +9,11 @@ Methods (same shapes, batch size and optimizer: `torch.optim.AdamW`, lr 1e-4, ov
   memory: reading them from a `TeacherBank` on disk is not timed);
 - `tagi_stage2_encoder`: the same stage-2 step with the generator that reads the instruction: a separate trainable
   instruction encoder (a copy of the backbone's) and attention pooling (what the trainable encoder adds to a step);
+- `tagi_stage2_cached` / `tagi_stage2_encoder_cached`: the same two steps with the teacher's distributions cached
+  once per training example (`tagi_hf.teacher_logits`, top-64 logits per label token): no teacher forward in the
+  step, the top-k KL instead (the cache is random here: its values do not change the cost);
+- `teacher_logits_pass`: what the cache costs, paid once per training example instead of once per epoch: the
+  teacher's no-grad forward on instruction + instance and the top-k (no backward, no optimizer);
 - `tagi_lpred`: TAGI with `L_pred` only (no teacher).
 Every example of a batch has its own instruction (a batch drawn across tasks). A step is forward + backward +
 optimizer step + `zero_grad`; the first step is a warm-up (it also allocates the optimizer state and counts the
@@ -38,8 +43,12 @@ TRAIN_METHODS = {
     "multitask_ft": "multi-task FT (instruction in context, full T5)",
     "tagi_stage2": "TAGI stage 2 (L_pred + L_kl + L_ins, teacher forward incl.)",
     "tagi_stage2_encoder": "TAGI stage 2, trainable instruction encoder + attention pooling",
+    "tagi_stage2_cached": "TAGI stage 2, teacher logits cached (top-64)",
+    "tagi_stage2_encoder_cached": "TAGI stage 2, trainable instruction encoder, teacher logits cached (top-64)",
+    "teacher_logits_pass": "teacher-logit cache: one teacher forward per example, once (no backward)",
     "tagi_lpred": "TAGI, L_pred only",
 }
+CACHED_TOP_K = 64
 
 
 class RandomTeacherBank:
@@ -95,16 +104,29 @@ def _setup(method: str, shape: Shape, batch_size: int, seed: int, device: str, w
         model = T5ForConditionalGeneration(shape.t5_config()).to(device).train()
         source = {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
         return model, lambda: model(**source, labels=batch["labels"]).loss
+    if method == "teacher_logits_pass":
+        teacher = T5ForConditionalGeneration(shape.t5_config()).to(device).eval().requires_grad_(False)
+        source = {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
+
+        def teacher_pass() -> torch.Tensor:
+            with torch.no_grad():
+                logits = teacher(**source, labels=batch["labels"]).logits
+                logits.topk(CACHED_TOP_K, dim=-1), torch.logsumexp(logits, dim=-1)
+            return torch.zeros((), requires_grad=True)  # nothing to train
+
+        return teacher, teacher_pass
     from tagi_hf.trainer import TagiTrainer
     from tagi_hf.training_args import TagiTrainingArguments
 
+    cached = method.endswith("_cached")
+    method = method.removesuffix("_cached")
     full = method in ("tagi_stage2", "tagi_stage2_encoder")
     encoder = method == "tagi_stage2_encoder"  # the others: the paper's generator (frozen encoder, mean pooling)
     generator = dict(instruction_encoder="separate" if encoder else "backbone",
                      instruction_pooling="attention" if encoder else "mean")  # fmt: skip
     config = shape.tagi_config("cross_attention", **generator)
     model = TagiModel(config).to(device).train()
-    teacher = T5ForConditionalGeneration(shape.t5_config()).to(device).eval() if full else None
+    teacher = T5ForConditionalGeneration(shape.t5_config()).to(device).eval() if full and not cached else None
     args = TagiTrainingArguments(
         output_dir=workdir,
         lambda_kl=1.0 if full else 0.0,
@@ -115,8 +137,23 @@ def _setup(method: str, shape: Shape, batch_size: int, seed: int, device: str, w
     )
     bank = RandomTeacherBank(model, batch_size, seed) if full else None
     trainer = TagiTrainer(model=model, args=args, teacher_model=teacher, teacher_bank=bank)
-    student_keys = [k for k in batch if not k.startswith("teacher") or full]
-    return model, lambda: trainer.compute_loss(model, {k: batch[k] for k in student_keys})
+    student_keys = [k for k in batch if not k.startswith("teacher") or (full and not cached)]
+    inputs = {k: batch[k] for k in student_keys}
+    if cached:
+        inputs.update(_sparse_teacher(shape, batch_size, seed, device))
+    return model, lambda: trainer.compute_loss(model, dict(inputs))
+
+
+def _sparse_teacher(shape: Shape, batch_size: int, seed: int, device: str) -> dict:
+    """A batch's cached teacher distributions as `TagiDataCollator` gives them (random values)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    size = (batch_size, shape.output_tokens, CACHED_TOP_K)
+    return {
+        "teacher_topk_ids": random_ids(gen, shape.text_config["vocab_size"], *size).to(device),
+        "teacher_topk_logits": torch.randn(size, generator=gen).sort(-1, descending=True).values.to(device),
+        "teacher_log_normalizer": torch.full(size[:2], 8.0, device=device),
+        "teacher_temperature": torch.ones(batch_size, device=device),
+    }
 
 
 def _memory_mb(field: str) -> float:
@@ -144,7 +181,7 @@ def measure_training_step(
     with tempfile.TemporaryDirectory() as workdir:
         model, loss_fn = _setup(method, Shape(**shape_dict), batch_size, seed, device, workdir)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None  # the teacher pass trains nothing
         setup_rss = _memory_mb("VmRSS")
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -156,8 +193,9 @@ def measure_training_step(
             with counter:  # the untimed warm-up step counts the forward + backward FLOPs
                 loss = loss_fn()
                 loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             _sync(device)
             times.append(time.perf_counter() - start)
             flops = counter.get_total_flops() if step == 0 else flops

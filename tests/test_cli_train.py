@@ -127,6 +127,24 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(workspace):
     log = json.loads((w / "tagi" / "training_log.json").read_text())
     assert any({"loss_pred", "loss_kl", "loss_ins"} <= set(entry) for entry in log)
     assert AutoTokenizer.from_pretrained(w / "tagi") is not None
+    # The teacher run once per example before training (its top-k logits cached), not at every step.
+    cached = [
+        "--data-dir",
+        sni,
+        "--teacher",
+        w / "tk",
+        "--lambda-ins",
+        0,
+        "--teacher-logits-top-k",
+        8,
+        "--logging-steps",
+        1,
+    ]
+    _run("train", "train.yaml", "--model", w / "s1", "--out", w / "tagi-cached", "--no-bf16", *cached, *small)
+    record = json.loads((w / "tagi-cached-teacher-logits" / "teacher_logits.json").read_text())
+    assert record["top_k"] == 8 and record["rows"] == 4 * len(TRAIN_TASKS)
+    log = json.loads((w / "tagi-cached" / "training_log.json").read_text())
+    assert any("loss_kl" in entry for entry in log)
     _run(
         "evaluate",
         "evaluate.yaml",

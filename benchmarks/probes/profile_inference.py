@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["in_context", "tagi_fusion_api", "tagi_no_fusion_api"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shapes = {s.name: s for s in synthetic_shapes(measure_synthetic_lengths())} if args.shape != "sni-base-def2pos" else {}
+    shapes = (
+        {s.name: s for s in synthetic_shapes(measure_synthetic_lengths())} if args.shape != "sni-base-def2pos" else {}
+    )
     shape = shapes.get(args.shape) or sni_base_shape()
     models = build_models(shape, 0)
     inputs = task_inputs(shape, 0)
@@ -51,7 +53,10 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             with profile(activities=[ProfilerActivity.CPU], with_stack=False) as prof:
                 method.per_batch(state, inputs, rows)
-        print(f"\n=== {name}: {statistics.median(times) * 1e3:.2f} ms per batch of {args.rows} (median of {args.repeats})")
+        print(
+            f"\n=== {name}: {statistics.median(times) * 1e3:.2f} ms per batch of {args.rows} "
+            f"(median of {args.repeats})"
+        )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 
 

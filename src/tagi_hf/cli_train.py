@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from .cli import Subcommand, positive_int
 
@@ -170,6 +171,10 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambda-kl", type=float, default=1.0, help="Weight of L_kl (0 disables).")
     parser.add_argument("--lambda-ins", type=float, default=1.0, help="Weight of L_ins (0 disables).")
     parser.add_argument("--kl-temperature", type=float, default=1.0, help="Distillation temperature T.")
+    parser.add_argument("--teacher-logits-top-k", type=int, default=0,
+                        help="Run the --teacher once per training example before training and keep its top-k logits "
+                             "per label token (in <out>-teacher-logits/, reused by a rerun) instead of running it at "
+                             "every step; 0: the live teacher.")  # fmt: skip
     parser.add_argument("--lora-rank", type=positive_int, default=32, help="With --backbone: adapter rank.")
     parser.add_argument("--fusion", choices=("cross_attention", "none"), default="cross_attention",
                         help="With --backbone: the fusion mode.")  # fmt: skip
@@ -206,14 +211,29 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         model = TagiModel.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                         fusion=args.fusion, **_generator_config(args))  # fmt: skip
+    if args.teacher_logits_top_k < 0:
+        raise ValueError(f"`--teacher-logits-top-k` must be >= 0, got {args.teacher_logits_top_k}.")
+    collator = TagiDataCollator(tokenizer, setting=args.setting)
+    train = _train_split(args)
+    teacher = T5ForConditionalGeneration.from_pretrained(args.teacher) if args.lambda_kl > 0 else None
+    if teacher is not None and args.teacher_logits_top_k > 0:
+        from accelerate import PartialState
+
+        from .teacher_logits import cache_teacher_logits
+
+        cache = Path(args.out).with_name(Path(args.out).name + "-teacher-logits")
+        with PartialState().main_process_first():  # one process writes the cache, the others load it
+            train = cache_teacher_logits(teacher, train, collator, cache, top_k=args.teacher_logits_top_k,
+                                         temperature=args.kl_temperature, batch_size=args.batch_size)  # fmt: skip
+        teacher = None  # the step reads the cache
     train_tagi(
         model,
         tokenizer,
-        _train_split(args),
+        train,
         args.out,
         _training_args(args, args.lambda_kl, args.lambda_ins),
-        data_collator=TagiDataCollator(tokenizer, setting=args.setting),
-        teacher_model=T5ForConditionalGeneration.from_pretrained(args.teacher) if args.lambda_kl > 0 else None,
+        data_collator=collator,
+        teacher_model=teacher,
         teacher_bank=TeacherBank.from_directory(args.teachers) if args.lambda_ins > 0 else None,
     )
     print(f"Wrote the trained TagiModel to {args.out}")

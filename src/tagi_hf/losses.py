@@ -133,6 +133,54 @@ def distillation_kl_loss(
     return masked_token_mean(per_token, labels) * temperature**2
 
 
+class SparseTeacher(NamedTuple):
+    """A teacher's output distribution kept as its `k` most likely tokens per position (see
+    [`tagi_hf.teacher_logits`]): `p_v = exp(logits / T - log_normalizer)` for the kept ids, the rest lumped.
+
+    Args:
+        ids (`torch.Tensor` of shape `(batch, tgt_len, k)`): Token ids, most likely first.
+        logits (`torch.Tensor` of shape `(batch, tgt_len, k)`): The teacher's raw logits of those ids.
+        log_normalizer (`torch.Tensor` of shape `(batch, tgt_len)`): `logsumexp(all logits / T)` over the vocabulary.
+    """
+
+    ids: torch.Tensor
+    logits: torch.Tensor
+    log_normalizer: torch.Tensor
+
+
+def sparse_distillation_kl_loss(
+    student_logits: torch.Tensor, teacher: SparseTeacher, labels: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """`L_kl` from a teacher kept as its top-k tokens: [`distillation_kl_loss`] over `k + 1` outcomes, the `k` kept
+    tokens and "any other token" (teacher mass `1 - sum p_k`, student mass `1 - sum q_k`).
+
+    Each kept token's term `p_v (log p_v - log q_v)` is exact (the normaliser is the full vocabulary's); only the tail
+    is lumped, so the value is the full KL when the tail holds no teacher mass and never above it otherwise (KL can
+    only shrink when outcomes are merged). With `k` = the vocabulary size it is [`distillation_kl_loss`].
+
+    Returns:
+        `torch.Tensor`: Scalar loss, averaged over label tokens and times `T^2` (computed in float32).
+    """
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    _check_logits(student_logits, labels, name="student_logits")
+    if teacher.ids.shape[:2] != labels.shape or teacher.logits.shape != teacher.ids.shape:
+        raise ValueError(
+            f"The sparse teacher's ids {tuple(teacher.ids.shape)} and logits {tuple(teacher.logits.shape)} must be "
+            f"(batch, tgt_len, k) matching `labels` {tuple(labels.shape)}."
+        )
+    log_q_all = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)  # (batch, tgt_len, vocab)
+    log_q = log_q_all.gather(-1, teacher.ids.long())  # (batch, tgt_len, k)
+    log_p = _upcast(teacher.logits.detach()) / temperature - _upcast(teacher.log_normalizer.detach())[..., None]
+    p = log_p.exp()
+    kept = (p * (log_p - log_q)).sum(-1)  # (batch, tgt_len)
+    tiny = torch.finfo(log_q.dtype).tiny
+    rest_p = (1 - p.sum(-1)).clamp(min=0)
+    rest_q = (1 - log_q.exp().sum(-1)).clamp(min=tiny)
+    tail = torch.where(rest_p > 0, rest_p * (rest_p.clamp(min=tiny).log() - rest_q.log()), torch.zeros_like(rest_p))
+    return masked_token_mean(kept + tail, labels) * temperature**2
+
+
 def _as_scaling(scaling: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(scaling, dtype=like.dtype, device=like.device)  # (...) or ()
 

@@ -18,11 +18,29 @@ from transformers import PreTrainedModel, Seq2SeqTrainer
 
 from .checkpoints import resolve_resume_checkpoint
 from .data.sampling import TaskBalancedSampler
-from .losses import IGNORE_INDEX, LoraFactors, _upcast, adapter_alignment_loss, distillation_kl_loss
+from .losses import (
+    IGNORE_INDEX,
+    LoraFactors,
+    SparseTeacher,
+    _upcast,
+    adapter_alignment_loss,
+    distillation_kl_loss,
+    sparse_distillation_kl_loss,
+)
 from .training_args import TagiTrainingArguments
 
 # Batch keys the collator adds for the losses; the model itself never sees them.
-TEACHER_KEYS = ("task_keys", "task_categories", "teacher_input_ids", "teacher_attention_mask", "teacher_logits")
+TEACHER_KEYS = (
+    "task_keys",
+    "task_categories",
+    "teacher_input_ids",
+    "teacher_attention_mask",
+    "teacher_logits",
+    "teacher_topk_ids",
+    "teacher_topk_logits",
+    "teacher_log_normalizer",
+    "teacher_temperature",
+)
 
 
 class TagiTrainer(Seq2SeqTrainer):
@@ -79,7 +97,11 @@ class TagiTrainer(Seq2SeqTrainer):
         outputs = model(**inputs, return_task_state=self.args.lambda_ins > 0)
         tokens = (labels != IGNORE_INDEX).sum()
         terms = {"loss_pred": _token_ce_sum(outputs.logits, labels) / tokens.clamp(min=1)}
-        if self.args.lambda_kl > 0:
+        if self.args.lambda_kl > 0 and "teacher_topk_ids" in extras:  # cached once (tagi_hf.teacher_logits)
+            terms["loss_kl"] = sparse_distillation_kl_loss(
+                outputs.logits, self._sparse_teacher(extras), labels, self.args.kl_temperature
+            )
+        elif self.args.lambda_kl > 0:
             teacher_logits = extras.get("teacher_logits")
             if teacher_logits is None:
                 teacher_logits = self._teacher_logits(extras, labels)
@@ -139,6 +161,17 @@ class TagiTrainer(Seq2SeqTrainer):
         return self.teacher_model(
             input_ids=extras["teacher_input_ids"], attention_mask=extras["teacher_attention_mask"], labels=labels
         ).logits
+
+    def _sparse_teacher(self, extras: dict) -> SparseTeacher:
+        cached = extras["teacher_temperature"]
+        if not torch.all(cached == self.args.kl_temperature):
+            raise ValueError(
+                f"The cached teacher logits were made at temperature {cached.unique().tolist()}, training uses "
+                f"`kl_temperature`={self.args.kl_temperature}: cache them again at this temperature."
+            )
+        return SparseTeacher(
+            extras["teacher_topk_ids"], extras["teacher_topk_logits"], extras["teacher_log_normalizer"]
+        )
 
     def _scaling(self, model: nn.Module) -> float:
         return self.accelerator.unwrap_model(model).config.lora_scaling

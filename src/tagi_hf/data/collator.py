@@ -126,4 +126,32 @@ class TagiDataCollator:
         batch["labels"] = self._labels(rows)  # (batch, target_len)
         batch["task_keys"] = [row["task"] for row in rows]
         batch["task_categories"] = [row.get("category", "") for row in rows]  # for per-category teachers
+        if "teacher_topk_ids" in rows[0]:  # the teacher's distributions, cached once (tagi_hf.teacher_logits)
+            batch.update(self._sparse_teacher(rows, batch["labels"]))
         return batch
+
+    def _sparse_teacher(self, rows: Sequence[Mapping[str, Any]], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`teacher_topk_ids` / `teacher_topk_logits` `(batch, target_len, k)`, `teacher_log_normalizer`
+        `(batch, target_len)` at the label positions (zeros elsewhere), and `teacher_temperature` `(batch,)`."""
+        k = len(rows[0]["teacher_topk_ids"][0]) if rows[0]["teacher_topk_ids"] else 1
+        ids = torch.zeros(*labels.shape, k, dtype=torch.long)
+        logits = torch.zeros(*labels.shape, k)
+        normalizer = torch.zeros(labels.shape)
+        for i, row in enumerate(rows):
+            positions = (labels[i] != self.label_pad_token_id).nonzero().flatten()
+            if len(row["teacher_topk_ids"]) != len(positions):
+                raise ValueError(
+                    f"Row {i} (task {row.get('task')!r}) has cached teacher logits for {len(row['teacher_topk_ids'])} "
+                    f"label tokens but {len(positions)} labels: the cache was made with other target settings."
+                )
+            if len(positions):
+                ids[i, positions] = torch.tensor(row["teacher_topk_ids"], dtype=torch.long)
+                logits[i, positions] = torch.tensor(row["teacher_topk_logits"], dtype=torch.float32)
+                normalizer[i, positions] = torch.tensor(row["teacher_log_normalizer"], dtype=torch.float32)
+        temperature = torch.tensor([float(row["teacher_temperature"]) for row in rows])
+        return {
+            "teacher_topk_ids": ids,
+            "teacher_topk_logits": logits,
+            "teacher_log_normalizer": normalizer,
+            "teacher_temperature": temperature,
+        }
