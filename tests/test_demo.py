@@ -100,3 +100,22 @@ def test_a_rerun_with_other_settings_is_refused_not_reused(demo, capsys):
     error = capsys.readouterr().err
     assert f"Stage output {out / 'tagi'} was built with other settings" in error
     assert "stage2_steps: built with 2, now 3" in error
+
+
+def test_stage_two_can_read_the_teacher_from_a_top_k_cache(demo, capsys):
+    from dataclasses import replace
+
+    from tagi_hf.pipeline import STAGE_RECORD, DemoSettings, SyntheticRecipe
+
+    out, argv = demo
+    changed = [*argv, "--teacher-logits-top-k", "8"]
+    assert main(changed) == 2  # the finished stage 2 was trained with the live teacher: not reused
+    assert "teacher_logits_top_k: built with None, now 8" in capsys.readouterr().err
+    fields = {flag.removeprefix("--").replace("-", "_"): value for flag, value in TINY.items()}
+    settings = replace(DemoSettings(out=str(out), **fields), teacher_logits_top_k=8)
+    path = SyntheticRecipe(settings).tagi("tagi-cached-teacher")  # earlier stages reused: their records agree
+    assert json.loads((path / STAGE_RECORD).read_text())["teacher_logits_top_k"] == 8
+    record = json.loads((out / "teacher-logits-def" / "teacher_logits.json").read_text())
+    assert record["top_k"] == 8
+    log = json.loads((path / "training_log.json").read_text())
+    assert any("loss_kl" in entry for entry in log)

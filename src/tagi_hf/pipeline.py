@@ -89,6 +89,9 @@ class DemoSettings:
     lambda_kl: float = 1.0
     lambda_ins: float = 0.1
     kl_temperature: float = 1.0
+    # Stage 2: >0 runs the logit teacher once per training example and keeps its top-k logits per label token
+    # (tagi_hf.teacher_logits) instead of running it at every step; 0 (default): the live teacher, as in the paper.
+    teacher_logits_top_k: int = 0
     learning_rate: float = 1e-3
     # The generator (TagiConfig fields) and its stage-2 batches, chosen on the dev split by the probes logged in
     # benchmarks/results/probes/generator.md: a trainable encoder at the generator's rate, 16 tasks x 4 per batch.
@@ -308,21 +311,31 @@ class SyntheticRecipe:
             setting=setting, fusion=fusion, stage1=stage1, lambda_kl=kl, lambda_ins=ins, learning_rate=s.learning_rate,
             instruction_encoder_learning_rate=encoder_lr, **generator,
         )  # fmt: skip
+        cached_k = s.teacher_logits_top_k if kl > 0 else 0
+        if cached_k:  # recorded only when used, so stages built with the live teacher keep their records
+            record["teacher_logits_top_k"] = cached_k
 
         def build(path: Path) -> None:
             if stage1:
                 model = TagiModel.from_pretrained(self.stage1(fusion, generator))
             else:
                 model = self.fresh_tagi(fusion, generator)
+            collator = TagiDataCollator(self.tokenizer, setting=setting)
+            teacher = T5ForConditionalGeneration.from_pretrained(self.baseline(setting)) if kl > 0 else None
+            train = self.train
+            if cached_k:
+                train = cache_teacher_logits(teacher, train, collator, self.out / f"teacher-logits-{setting}",
+                                             top_k=cached_k, temperature=s.kl_temperature)  # fmt: skip
+                teacher = None
             train_tagi(
-                model, self.tokenizer, self.train, path,
+                model, self.tokenizer, train, path,
                 _stage_args(s, self._work(name, record), s.stage2_steps, lambda_kl=kl, lambda_ins=ins,
                             instruction_encoder_learning_rate=encoder_lr, examples_per_task=s.examples_per_task),
-                data_collator=TagiDataCollator(self.tokenizer, setting=setting),
-                teacher_model=T5ForConditionalGeneration.from_pretrained(self.baseline(setting)) if kl > 0 else None,
+                data_collator=collator, teacher_model=teacher,
                 teacher_bank=TeacherBank.from_directory(self.teachers()) if ins > 0 else None,
             )  # fmt: skip
 
+        from .teacher_logits import cache_teacher_logits
         from .teachers import TeacherBank
 
         return self._stage(self.out / name, build, record)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, List, Value
 from torch import nn
 
 from .losses import IGNORE_INDEX
@@ -31,6 +31,12 @@ __all__ = ["SPARSE_TEACHER_COLUMNS", "cache_teacher_logits", "teacher_fingerprin
 
 SPARSE_TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logits", "teacher_log_normalizer", "teacher_temperature")
 CACHE_RECORD = "teacher_logits.json"
+FEATURES = {  # 4-byte ids and logits: half what Python ints and floats would take
+    "teacher_topk_ids": List(List(Value("int32"))),
+    "teacher_topk_logits": List(List(Value("float32"))),
+    "teacher_log_normalizer": List(Value("float32")),
+    "teacher_temperature": Value("float32"),
+}
 
 
 def teacher_fingerprint(teacher: nn.Module) -> str:
@@ -133,7 +139,7 @@ def cache_teacher_logits(
         teacher.train(was_training)
     cached = dataset.remove_columns([c for c in SPARSE_TEACHER_COLUMNS if c in dataset.column_names])
     for name, values in columns.items():
-        cached = cached.add_column(name, values)
+        cached = cached.add_column(name, values, feature=FEATURES[name])
     with atomic_directory(path) as tmp:
         cached.save_to_disk(str(tmp))
         (tmp / CACHE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
