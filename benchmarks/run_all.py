@@ -96,7 +96,9 @@ def lr_summary(q: dict) -> str:
     grid = q["meta"].get("stage2_lr_grid")
     if not grid or "stage2_learning_rate" not in q:
         return ""
-    return (f"Hypernetwork methods: each trained at stage-2 learning rates {', '.join(f'{lr:g}' for lr in grid)} "
+    applies = q["meta"].get("stage2_lr_grid_applies_to", "every hypernetwork method")
+    who = "Hypernetwork methods: each" if isinstance(applies, str) else f"{', '.join(applies)} (the others: one rate)"
+    return (f"{who} trained at stage-2 learning rates {', '.join(f'{lr:g}' for lr in grid)} "
             "(same steps); the run with the lowest final training L_pred is evaluated.")  # fmt: skip
 
 
