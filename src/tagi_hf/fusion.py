@@ -68,6 +68,10 @@ class FusionLayer(nn.Module):
         return hidden + torch.tanh(self.gate) * self.o(attn)
 
 
+def _scaled(scores: torch.Tensor, scaling: float) -> torch.Tensor:
+    return scores if scaling == 1.0 else scores * scaling  # T5: 1.0 (one op less per layer and decoding step)
+
+
 def _per_head_matmul(x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
     """`x @ task` for `x` (batch, heads, m, k) and per-task `task` (1 or batch, heads, k, n). One task shared by the
     batch is multiplied per head with the batch folded into the rows, instead of being broadcast (copied) per row."""
@@ -115,7 +119,9 @@ class InstructionCrossAttention(T5Attention):
             scaling=self.scaling, position_bias=position_bias, **kwargs,
         )  # fmt: skip
         attn_f = attn_f.reshape(batch, tgt, -1)  # (batch, tgt, inner): T5's own attention over F_L
-        scores_f = (query @ keys.transpose(-1, -2)) * self.scaling + position_bias + additive_mask(mask, query.dtype)
+        scores_f = _scaled(query @ keys.transpose(-1, -2), self.scaling) + position_bias
+        if mask is not None:  # no mask: no padding in the batch (nothing to add)
+            scores_f = scores_f + additive_mask(mask, query.dtype)
         mixed = attn_f + torch.tanh(self.tagi_gate).to(attn_f.dtype) * self._instruction_delta(query, scores_f, attn_f)
         return self.o(mixed), position_bias, weights
 
@@ -137,7 +143,7 @@ class InstructionCrossAttention(T5Attention):
         """`Concat - Attn(F_L) = lam (Attn(I) - Attn(F_L))` per head, `lam = sigmoid(lse_I - lse_F)`; (b, tgt, inner)
         like `attn_f`."""
         inst_k, inst_v, inst_bias = (match_batch(t, query.shape[0]) for t in self.tagi_instruction)
-        scores_i = _per_head_matmul(query, inst_k.transpose(-1, -2).to(query.dtype)) * self.scaling
+        scores_i = _scaled(_per_head_matmul(query, inst_k.transpose(-1, -2).to(query.dtype)), self.scaling)
         scores_i = scores_i + inst_bias.to(query.dtype)
         lse_f, lse_i = scores_f.logsumexp(-1, keepdim=True), scores_i.logsumexp(-1, keepdim=True)
         share_i = torch.sigmoid(lse_i - lse_f)  # (b, h, tgt, 1): weight of I in the joint softmax over (I ; F_L)
