@@ -225,3 +225,26 @@ def test_relative_alignment_stays_bounded_when_a_teacher_module_barely_moved():
     student = {"q": teacher["q"].clone(), "v": 0.1 * torch.randn(9, 7)}
     loss = adapter_alignment_loss(student, teacher, relative=True)
     assert 0 < loss.item() < 0.1
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_alignment_of_same_shaped_modules_in_one_batch_equals_the_per_module_mean(relative):
+    from tagi_hf.losses import LoraFactors, _module_mse, adapter_alignment_loss
+
+    gen = torch.Generator().manual_seed(3)
+    shapes = {"a.q": (6, 5), "a.v": (6, 5), "b.q": (6, 5), "b.o": (5, 7)}  # (d_out, d_in): one group of three
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    student = {n: LoraFactors(rand(3, 2, d_in), rand(3, d_out, 2), 0.5) for n, (d_out, d_in) in shapes.items()}
+    teacher = {n: LoraFactors(rand(3, 4, d_in), rand(3, d_out, 4), 2.0) for n, (d_out, d_in) in shapes.items()}
+    teacher["b.q"] = rand(3, 6, 5)  # a dense update: computed on its own
+    losses = torch.stack([_module_mse(n, student[n], teacher[n]) for n in sorted(shapes)])
+    expected = losses.mean()
+    if relative:
+        zero = {
+            n: (LoraFactors(t[0], t[1], 0.0) if isinstance(t, tuple) else torch.zeros_like(t))
+            for n, t in teacher.items()
+        }
+        expected = expected / torch.stack([_module_mse(n, zero[n], teacher[n]) for n in sorted(shapes)]).mean()
+    torch.testing.assert_close(
+        adapter_alignment_loss(student, teacher, relative=relative), expected, rtol=1e-12, atol=0
+    )

@@ -347,14 +347,44 @@ def adapter_alignment_loss(
         raise ValueError(f"Module `{missing[0]}` is missing from the {side} updates (mismatched keys: {missing}).")
     if not student:
         raise ValueError("`student` and `teacher` hold no modules to align.")
-    losses, scales = [], []
-    for name in sorted(student):
-        target = _detach(teacher[name])
-        losses.append(_module_mse(name, student[name], target))
+    losses, scales, counts = [], [], []
+    for names in _stackable_groups(student, teacher):
+        if len(names) == 1:
+            target = _detach(teacher[names[0]])
+            source = student[names[0]]
+        else:  # modules of one shape in one low-rank computation: its mean over modules is the mean of their MSEs
+            source = _stack([student[n] for n in names])
+            target = _detach(_stack([teacher[n] for n in names]))
+        losses.append(_module_mse(names[0], source, target))
         if relative:
-            scales.append(_module_mse(name, _zero_like(target), target))
-    loss = torch.stack(losses).mean()
-    return loss / torch.stack(scales).mean().clamp(min=1e-12) if relative else loss
+            scales.append(_module_mse(names[0], _zero_like(target), target))
+        counts.append(len(names))
+    weights = torch.tensor(counts, dtype=losses[0].dtype, device=losses[0].device) / sum(counts)
+    loss = (torch.stack(losses) * weights).sum()
+    return loss / (torch.stack(scales) * weights).sum().clamp(min=1e-12) if relative else loss
+
+
+def _stackable_groups(student: Mapping, teacher: Mapping) -> list[list[str]]:
+    """Module names (sorted) grouped so that each group can be computed as one batch: LoRA factors on both sides with
+    the same shapes and the same float scalings. Anything else is a group of its own."""
+    groups: dict[tuple, list[str]] = {}
+    for name in sorted(student):
+        s, t = student[name], teacher[name]
+        stackable = (
+            isinstance(s, tuple) and isinstance(t, tuple) and all(isinstance(x[2], float | int) for x in (s, t))
+        )
+        key = (
+            ("factors", *(tuple(x.shape) for x in (*s[:2], *t[:2])), s[2], t[2], s[0].dtype, t[0].dtype)
+            if stackable
+            else ("alone", name)
+        )
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def _stack(factors: list[LoraFactors]) -> LoraFactors:
+    """LoRA factors of several modules of one shape as one batch (a new leading dimension; same float scaling)."""
+    return LoraFactors(torch.stack([f[0] for f in factors]), torch.stack([f[1] for f in factors]), factors[0][2])
 
 
 def _zero_like(value: torch.Tensor | LoraFactors) -> torch.Tensor | LoraFactors:
