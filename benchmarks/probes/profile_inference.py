@@ -20,12 +20,13 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cost_inference as inference  # noqa: E402
-from cost_setup import build_models, measure_synthetic_lengths, sni_base_shape, synthetic_shapes, task_inputs  # noqa: E402
+from cost import SHAPES, build_shapes  # noqa: E402
+from cost_setup import build_models, task_inputs  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="synthetic-def")
+    parser.add_argument("--shape", choices=SHAPES, default="synthetic-def")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=20)
@@ -33,10 +34,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["in_context", "tagi_fusion_api", "tagi_no_fusion_api"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shapes = (
-        {s.name: s for s in synthetic_shapes(measure_synthetic_lengths())} if args.shape != "sni-base-def2pos" else {}
-    )
-    shape = shapes.get(args.shape) or sni_base_shape()
+    shape = build_shapes([args.shape], seed=0)[0][0]
     models = build_models(shape, 0)
     inputs = task_inputs(shape, 0)
     methods = inference.build_methods(models, shape)

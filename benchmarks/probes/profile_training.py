@@ -22,20 +22,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cost_setup import measure_synthetic_lengths, synthetic_shapes  # noqa: E402
+from cost import SHAPES, build_shapes  # noqa: E402
 from cost_training import _setup  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="synthetic-def")
+    parser.add_argument("--shape", choices=[n for n in SHAPES if n.startswith("synthetic")], default="synthetic-def")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=["multitask_ft", "tagi_stage2_encoder_cached"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shape = {s.name: s for s in synthetic_shapes(measure_synthetic_lengths())}[args.shape]
+    shape = build_shapes([args.shape], seed=0)[0][0]
     for method in args.methods:
         with tempfile.TemporaryDirectory() as workdir:
             model, loss_fn = _setup(method, shape, shape.train_batch_size, 0, "cpu", workdir)
