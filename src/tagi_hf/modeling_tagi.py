@@ -34,8 +34,8 @@ from .task_state import (
     LoraFactors,
     TaskState,
     TaskStateCache,
+    adapter_instruction_states,
     checkpointing_disabled,
-    pad_instruction_states,
     tensor_fingerprint,
 )
 
@@ -301,9 +301,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         if self.encoder_fusion is None:
             state = TaskState(lora=factors)
         else:
-            states, mask = pad_instruction_states([adapter], self.device)
-            states = states.to(self.dtype)
-            state = self._build_task_state(factors, states, mask)
+            state = self._build_task_state(factors, *adapter_instruction_states(adapter, **cast))
         if cacheable:
             self.task_state_cache.put(adapter, fingerprint, state)
         return state

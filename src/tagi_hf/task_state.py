@@ -149,16 +149,12 @@ def checkpointing_disabled(stack: nn.Module):
             block.gradient_checkpointing = True
 
 
-def pad_instruction_states(adapters: Sequence[GeneratedAdapter], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pads per-adapter instruction states `(len_i, d)` to `(n, max_len, d)` with a mask `(n, max_len)`."""
-    if any(a.instruction_states is None for a in adapters):
+def adapter_instruction_states(
+    adapter: GeneratedAdapter, device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One adapter's instruction states as a batch of one task, `(1, len, d)`, with its mask `(1, len)` (adapters of
+    different lengths meet in [`TaskState.concat`], which pads)."""
+    if adapter.instruction_states is None:
         raise ValueError("This TagiModel uses fusion, but an `adapter` has no instruction states (a plain LoRA).")
-    longest = max(a.instruction_states.shape[0] for a in adapters)
-    d_model = adapters[0].instruction_states.shape[1]
-    states = adapters[0].instruction_states.new_zeros(len(adapters), longest, d_model).to(device)
-    mask = torch.zeros(len(adapters), longest, dtype=torch.long, device=device)
-    for i, adapter in enumerate(adapters):
-        length = adapter.instruction_states.shape[0]
-        states[i, :length] = adapter.instruction_states.to(device)
-        mask[i, :length] = 1
-    return states, mask
+    states = adapter.instruction_states[None].to(device=device, dtype=dtype)
+    return states, torch.ones(states.shape[:2], dtype=torch.long, device=device)
