@@ -197,6 +197,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .data import TagiDataCollator
     from .modeling_tagi import TagiModel
     from .pipeline import train_tagi
+    from .teacher_logits import teacher_or_cache
     from .teachers import TeacherBank
 
     if args.lambda_kl > 0 and args.teacher is None:
@@ -216,16 +217,9 @@ def _run_train(args: argparse.Namespace) -> int:
     collator = TagiDataCollator(tokenizer, setting=args.setting)
     train = _train_split(args)
     teacher = T5ForConditionalGeneration.from_pretrained(args.teacher) if args.lambda_kl > 0 else None
-    if teacher is not None and args.teacher_logits_top_k > 0:
-        from accelerate import PartialState
-
-        from .teacher_logits import cache_teacher_logits
-
-        cache = Path(args.out).with_name(Path(args.out).name + "-teacher-logits")
-        with PartialState().main_process_first():  # one process writes the cache, the others load it
-            train = cache_teacher_logits(teacher, train, collator, cache, top_k=args.teacher_logits_top_k,
-                                         temperature=args.kl_temperature, batch_size=args.batch_size)  # fmt: skip
-        teacher = None  # the step reads the cache
+    cache = Path(args.out).with_name(Path(args.out).name + "-teacher-logits")
+    train, teacher = teacher_or_cache(teacher, train, collator, cache, top_k=args.teacher_logits_top_k,
+                                      temperature=args.kl_temperature, batch_size=args.batch_size)  # fmt: skip
     train_tagi(
         model,
         tokenizer,

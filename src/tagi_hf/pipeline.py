@@ -322,11 +322,8 @@ class SyntheticRecipe:
                 model = self.fresh_tagi(fusion, generator)
             collator = TagiDataCollator(self.tokenizer, setting=setting)
             teacher = T5ForConditionalGeneration.from_pretrained(self.baseline(setting)) if kl > 0 else None
-            train = self.train
-            if cached_k:
-                train = cache_teacher_logits(teacher, train, collator, self.out / f"teacher-logits-{setting}",
-                                             top_k=cached_k, temperature=s.kl_temperature)  # fmt: skip
-                teacher = None
+            train, teacher = teacher_or_cache(teacher, self.train, collator, self.out / f"teacher-logits-{setting}",
+                                              top_k=cached_k, temperature=s.kl_temperature)  # fmt: skip
             train_tagi(
                 model, self.tokenizer, train, path,
                 _stage_args(s, self._work(name, record), s.stage2_steps, lambda_kl=kl, lambda_ins=ins,
@@ -335,7 +332,7 @@ class SyntheticRecipe:
                 teacher_bank=TeacherBank.from_directory(self.teachers()) if ins > 0 else None,
             )  # fmt: skip
 
-        from .teacher_logits import cache_teacher_logits
+        from .teacher_logits import teacher_or_cache
         from .teachers import TeacherBank
 
         return self._stage(self.out / name, build, record)

@@ -27,7 +27,7 @@ from torch import nn
 from .losses import IGNORE_INDEX
 from .utils import atomic_directory
 
-__all__ = ["SPARSE_TEACHER_COLUMNS", "cache_teacher_logits", "teacher_fingerprint"]
+__all__ = ["SPARSE_TEACHER_COLUMNS", "cache_teacher_logits", "teacher_fingerprint", "teacher_or_cache"]
 
 SPARSE_TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logits", "teacher_log_normalizer", "teacher_temperature")
 CACHE_RECORD = "teacher_logits.json"
@@ -144,3 +144,27 @@ def cache_teacher_logits(
         cached.save_to_disk(str(tmp))
         (tmp / CACHE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return Dataset.load_from_disk(str(path))
+
+
+def teacher_or_cache(
+    teacher: nn.Module | None,
+    dataset: Dataset,
+    collator: Callable,
+    path: str | os.PathLike,
+    *,
+    top_k: int,
+    temperature: float,
+    batch_size: int = 64,
+) -> tuple[Dataset, nn.Module | None]:
+    """The training data and logit teacher of a stage 2: with `top_k` > 0 and a teacher, `dataset` with the teacher's
+    cached top-k logits ([`cache_teacher_logits`] at `path`) and no teacher model to run; otherwise both as given.
+    Under several processes, the main one writes the cache and the others then load it."""
+    if teacher is None or top_k == 0:
+        return dataset, teacher
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        cached = cache_teacher_logits(
+            teacher, dataset, collator, path, top_k=top_k, temperature=temperature, batch_size=batch_size
+        )
+    return cached, None

@@ -27,6 +27,7 @@ from .losses import (
     distillation_kl_loss,
     sparse_distillation_kl_loss,
 )
+from .teacher_logits import SPARSE_TEACHER_COLUMNS
 from .training_args import TagiTrainingArguments
 
 # Batch keys the collator adds for the losses; the model itself never sees them.
@@ -36,10 +37,7 @@ TEACHER_KEYS = (
     "teacher_input_ids",
     "teacher_attention_mask",
     "teacher_logits",
-    "teacher_topk_ids",
-    "teacher_topk_logits",
-    "teacher_log_normalizer",
-    "teacher_temperature",
+    *SPARSE_TEACHER_COLUMNS,
 )
 
 
