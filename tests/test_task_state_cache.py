@@ -108,7 +108,6 @@ def test_a_changed_model_recomputes(change):
         model.load_state_dict(other.state_dict())
     else:
         model.float()
-        inputs = {k: v for k, v in inputs.items()}
     after = _logits(model, inputs, adapters[0])
     assert model.task_state_cache.misses == misses + 1
     torch.testing.assert_close(after, _uncached(model, inputs, adapters[0]), rtol=0, atol=0)
