@@ -7,7 +7,7 @@ python benchmarks/adapter_memory.py --counts 200    # a quick look
 
 Each measurement runs in a fresh Python process (its peak RSS, `ru_maxrss`, is then its own): a tiny TagiModel
 (T5 of width 32, 2+2 layers, rank 4, instruction fusion on) generates one adapter per instruction and writes them in
-the layout of `tagi_hf.hub.save_adapters`, either with `tagi_hf.streaming.generate_adapters_to_disk` (`streaming`:
+the layout of `tagi_hf.hub.save_adapters`, either with `tagi_hf.hub.generate_adapters_to_disk` (`streaming`:
 64 adapters alive at a time) or with `model.generate_adapter(all)` then `save_adapters` (`in_memory`).
 """
 
@@ -69,7 +69,7 @@ def child(mode: str, count: int) -> dict:
     import torch
 
     from tagi_hf.hub import save_adapters
-    from tagi_hf.streaming import generate_adapters_to_disk
+    from tagi_hf.hub.collections import generate_adapters_to_disk
 
     torch.set_num_threads(1)
     model, tokenizer = build()

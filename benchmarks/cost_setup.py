@@ -23,7 +23,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from tagi_hf import TagiConfig, TagiModel
 
-# `tagi_hf.pipeline` / `tagi_hf.standin` / `tagi_hf.data` (they need `datasets`) are imported where the synthetic
+# `tagi_hf.recipes` / `tagi_hf.data` (they need `datasets`) are imported where the synthetic
 # shapes are built, so the SNI-shape benchmark runs on a machine without them.
 
 
@@ -107,7 +107,7 @@ def measure_synthetic_lengths(seed: int = 0) -> dict:
         load_sni,
         write_synthetic_suite,
     )
-    from tagi_hf.pipeline import DemoSettings, demo_corpus, train_demo_tokenizer
+    from tagi_hf.recipes.synthetic import DemoSettings, demo_corpus, train_demo_tokenizer
 
     demo = dataclasses.replace(DemoSettings(), seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +134,8 @@ def measure_synthetic_lengths(seed: int = 0) -> dict:
 
 def synthetic_shapes(measured: dict) -> list[Shape]:
     """The two synthetic shapes ("Def" and "Def + 2 Pos."), lengths rounded from the measured means."""
-    from tagi_hf.pipeline import DemoSettings
-    from tagi_hf.standin import standin_config
+    from tagi_hf.recipes.standin import standin_config
+    from tagi_hf.recipes.synthetic import DemoSettings
 
     demo = DemoSettings()
     text = standin_config(measured["vocab_size"], d_model=demo.d_model, num_layers=demo.num_layers)

@@ -10,7 +10,7 @@ Methods (same shapes, batch size and optimizer: `torch.optim.AdamW`, lr 1e-4, ov
 - `tagi_stage2_encoder`: the same stage-2 step with the generator that reads the instruction: a separate trainable
   instruction encoder (a copy of the backbone's) and attention pooling (what the trainable encoder adds to a step);
 - `tagi_stage2_cached` / `tagi_stage2_encoder_cached`: the same two steps with the teacher's distributions cached
-  once per training example (`tagi_hf.teacher_logits`, top-64 logits per label token): no teacher forward in the
+  once per training example (`training.teacher_logits`, top-64 logits per label token): no teacher forward in the
   step, the top-k KL instead (the cache is random here: its values do not change the cost);
 - `teacher_logits_pass`: what the cache costs, paid once per training example instead of once per epoch: the
   teacher's no-grad forward on instruction + instance and the top-k (no backward, no optimizer);
@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import T5ForConditionalGeneration
 
 from tagi_hf import TagiModel
-from tagi_hf.losses import LoraFactors
+from tagi_hf.training.losses import LoraFactors
 
 TRAIN_METHODS = {
     "multitask_ft": "multi-task FT (instruction in context, full T5)",
@@ -115,8 +115,8 @@ def _setup(method: str, shape: Shape, batch_size: int, seed: int, device: str, w
             return torch.zeros((), requires_grad=True)  # nothing to train
 
         return teacher, teacher_pass
-    from tagi_hf.trainer import TagiTrainer
-    from tagi_hf.training_args import TagiTrainingArguments
+    from tagi_hf.training.arguments import TagiTrainingArguments
+    from tagi_hf.training.trainer import TagiTrainer
 
     cached = method.endswith("_cached")
     method = method.removesuffix("_cached")

@@ -45,9 +45,9 @@ from pathlib import Path
 import torch
 
 from tagi_hf.data.synthetic import HELD_OUT_WORDS
-from tagi_hf.fit import scores_by_operation
-from tagi_hf.pipeline import DemoSettings, SyntheticRecipe
-from tagi_hf.utils import atomic_write_text
+from tagi_hf.evaluation.fit import scores_by_operation
+from tagi_hf.modeling.file_utils import atomic_write_text
+from tagi_hf.recipes.synthetic import DemoSettings, SyntheticRecipe
 
 SETTINGS = ("def", "def+2pos")
 # The benchmark's scale (DemoSettings fields; the demo keeps its own smaller defaults). Chosen by the probes logged in

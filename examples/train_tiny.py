@@ -28,10 +28,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, T5Config, set_seed
 
 from tagi_hf import TagiConfig, TagiModel
-from tagi_hf.checkpoints import save_final_model
 from tagi_hf.data import TagiDataCollator
-from tagi_hf.trainer import TagiTrainer
-from tagi_hf.training_args import TagiTrainingArguments
+from tagi_hf.training.arguments import TagiTrainingArguments
+from tagi_hf.training.checkpoints import save_final_model
+from tagi_hf.training.trainer import TagiTrainer
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat".split()
 TASKS = {  # task name -> (definition, operation on the list of words)

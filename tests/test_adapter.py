@@ -7,7 +7,7 @@ from peft import AutoPeftModelForSeq2SeqLM, PeftModel
 from safetensors.torch import load_file
 from transformers import T5ForConditionalGeneration
 
-import tagi_hf.adapter as adapter_module
+import tagi_hf.modeling.adapter as adapter_module
 from tagi_hf import GeneratedAdapter
 from tiny import batch, tiny_model, tiny_tokenizer
 

@@ -10,7 +10,7 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from tagi_hf import GeneratedAdapter, TagiModel
-from tagi_hf.cli import main
+from tagi_hf.cli.main import main
 from tagi_hf.data import TagiDataCollator
 from tagi_hf.teachers import TeacherBank
 from tiny import tiny_model, tiny_tokenizer
@@ -25,7 +25,7 @@ def test_a_100k_character_instruction_is_truncated_with_a_warning_and_bounded_wo
     record = lambda module, args, kwargs: lengths.append(tuple(kwargs["input_ids"].shape))  # noqa: E731
     model.instruction_encoder.register_forward_pre_hook(record, with_kwargs=True)  # what reads the instruction
     logging.set_verbosity_warning()
-    with CaptureLogger(logging.get_logger("tagi_hf.instructions")) as captured:
+    with CaptureLogger(logging.get_logger("tagi_hf.modeling.instructions")) as captured:
         adapters = model.generate_adapter([LONG, "sort the words"], tokenizer=tiny_tokenizer())
     assert "longer than `max_instruction_length`=1024 tokens are truncated" in captured.out
     assert lengths == [(2, 1024)]  # the encoder (quadratic in length) never sees more than the limit

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import tagi_hf.predict as predict_module
+import tagi_hf.evaluation.runner as predict_module
 from tagi_hf import GeneratedAdapter
-from tagi_hf.cli import SUBCOMMANDS, main
+from tagi_hf.cli.main import SUBCOMMANDS, main
 from tagi_hf.data import format_instruction, load_sni, write_synthetic_suite
-from tagi_hf.predict import load_for_evaluation, predict
+from tagi_hf.evaluation.runner import load_for_evaluation, predict
 from test_predict import SNI_SAMPLE, save_tiny_models, write_rank_jsonl
 
 METRIC_KEYS = {"rougeL", "exact_match", "exact_match_strict", "n"}

@@ -8,9 +8,9 @@ import torch
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from tagi_hf import TagiModel
-from tagi_hf.cli import main
+from tagi_hf.cli.main import main
 from tagi_hf.data import train_tokenizer, write_synthetic_suite
-from tagi_hf.standin import standin_config
+from tagi_hf.recipes.standin import standin_config
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "sni-t5-lm-adapt"
 TRAIN_TASKS = ["synth_reverse", "synth_sort", "synth_first_2"]

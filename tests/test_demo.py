@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tagi_hf.adapter import GeneratedAdapter
-from tagi_hf.cli import main
+from tagi_hf.cli.main import main
 from tagi_hf.data.synthetic import OPERATIONS
-from tagi_hf.pipeline import DEMO_INSTRUCTION
+from tagi_hf.modeling.adapter import GeneratedAdapter
+from tagi_hf.recipes.synthetic import DEMO_INSTRUCTION
 
 TINY = {"--instances-per-task": 2, "--eval-instances-per-task": 1, "--vocab-size": 300, "--d-model": 16,
         "--num-layers": 1, "--backbone-steps": 2, "--baseline-steps": 2, "--teacher-steps": 2, "--stage1-steps": 2,
@@ -78,7 +78,7 @@ def test_stages_record_their_settings_and_the_generator_reads_through_its_own_en
     import torch
 
     from tagi_hf import TagiModel
-    from tagi_hf.pipeline import STAGE_RECORD
+    from tagi_hf.recipes.synthetic import STAGE_RECORD
 
     out, _ = demo
     for stage in ("backbone", "baseline", "teachers", "tagi-stage1", "tagi"):
@@ -105,7 +105,7 @@ def test_a_rerun_with_other_settings_is_refused_not_reused(demo, capsys):
 def test_stage_two_can_read_the_teacher_from_a_top_k_cache(demo, capsys):
     from dataclasses import replace
 
-    from tagi_hf.pipeline import STAGE_RECORD, DemoSettings, SyntheticRecipe
+    from tagi_hf.recipes.synthetic import STAGE_RECORD, DemoSettings, SyntheticRecipe
 
     out, argv = demo
     changed = [*argv, "--teacher-logits-top-k", "8"]

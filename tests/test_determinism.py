@@ -65,7 +65,7 @@ def workspace(tmp_path_factory) -> Path:
 def test_cli_train_from_a_backbone_is_reproducible(workspace, tmp_path):
     from safetensors.torch import load_file
 
-    from tagi_hf.cli import main
+    from tagi_hf.cli.main import main
 
     weights = []
     for run in ("a", "b"):

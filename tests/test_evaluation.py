@@ -1,4 +1,4 @@
-"""Tests for tagi_hf.evaluation and its packaged `evaluate` module (SNI / Tk-Instruct protocol)."""
+"""Tests for tagi_hf.evaluation.metrics and its packaged `evaluate` module (SNI / Tk-Instruct protocol)."""
 
 import socket
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 from rouge_score import rouge_scorer
 
-from tagi_hf.evaluation import SNI_ROUGE_PATH, compute_metrics, load_metric, normalize_answer, score_instance
+from tagi_hf.evaluation.metrics import SNI_ROUGE_PATH, compute_metrics, load_metric, normalize_answer, score_instance
 
 PAIRS = [
     ("The cat sat on the mat.", "the cat is sitting on a mat"),

@@ -9,9 +9,9 @@ from peft import PeftModel
 from transformers import T5ForConditionalGeneration
 
 from tagi_hf.data import format_student_input, load_sni, train_tokenizer, write_synthetic_suite
-from tagi_hf.fit import count_ran_to_limit, predict_with_teachers, scores_by_operation, unseen_train_rows
-from tagi_hf.standin import standin_config
-from tagi_hf.teachers_joint import train_lora_teachers_jointly
+from tagi_hf.evaluation.fit import count_ran_to_limit, predict_with_teachers, scores_by_operation, unseen_train_rows
+from tagi_hf.recipes.standin import standin_config
+from tagi_hf.teachers.joint import train_lora_teachers_jointly
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_teachers_predict_in_one_mixed_batch_as_each_does_alone_with_peft(tmp_pa
 
 
 def test_an_interrupted_stage_is_built_again_and_a_finished_one_skipped(tmp_path):
-    from tagi_hf.pipeline import _stage, stage_finished
+    from tagi_hf.recipes.synthetic import _stage, stage_finished
 
     built = []
     stage = tmp_path / "baseline"
@@ -112,7 +112,7 @@ def test_an_interrupted_stage_is_built_again_and_a_finished_one_skipped(tmp_path
 
 
 def test_a_stage_built_with_other_settings_is_refused_not_reused(tmp_path):
-    from tagi_hf.pipeline import STAGE_RECORD, _stage
+    from tagi_hf.recipes.synthetic import STAGE_RECORD, _stage
 
     built = []
     stage = tmp_path / "tagi"

@@ -5,7 +5,7 @@ import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from tagi_hf.fusion import InstructionCrossAttention, instruction_kv
+from tagi_hf.modeling.fusion import InstructionCrossAttention, instruction_kv
 from tiny import tiny_text_config
 
 

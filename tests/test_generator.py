@@ -7,9 +7,9 @@ from datasets import Dataset
 
 from tagi_hf import TagiConfig, TagiModel
 from tagi_hf.data import TaskBalancedSampler
-from tagi_hf.hypernetwork import AttentionPooling, masked_mean
-from tagi_hf.trainer import TagiTrainer
-from tagi_hf.training_args import TagiTrainingArguments
+from tagi_hf.modeling.generator import AttentionPooling, masked_mean
+from tagi_hf.training.arguments import TagiTrainingArguments
+from tagi_hf.training.trainer import TagiTrainer
 from tiny import batch, tiny_model, tiny_text_config, tiny_tokenizer
 
 NEW = dict(instruction_encoder="separate", instruction_pooling="attention")

@@ -73,7 +73,7 @@ def test_generator_push_then_load_gives_identical_outputs(hub_env, tmp_path):
 
     [commit] = hub_env.commits(GEN)
     assert info.oid == commit.oid and commit.message == "Upload TAGI generator"
-    code = {"modeling_tagi.py", "configuration_tagi.py", "fusion.py", "lora.py", "hypernetwork.py", "adapter.py"}
+    code = {"modeling_tagi.py", "configuration_tagi.py", "fusion.py", "lora.py", "generator.py", "adapter.py"}
     assert {"config.json", "model.safetensors", "README.md", *code} <= set(commit.added)
     assert commit.lfs_paths == ["model.safetensors"]
     model.save_pretrained(tmp_path / "local")

@@ -1,4 +1,4 @@
-"""Tests for tagi_hf.losses: analytic cases, masking, temperature, low-rank alignment and gradient flow."""
+"""Tests for tagi_hf.training.losses: analytic cases, masking, temperature, low-rank alignment and gradient flow."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagi_hf.losses import (
+from tagi_hf.training.losses import (
     LoraFactors,
     adapter_alignment_loss,
     distillation_kl_loss,
@@ -229,7 +229,7 @@ def test_relative_alignment_stays_bounded_when_a_teacher_module_barely_moved():
 
 @pytest.mark.parametrize("relative", [False, True])
 def test_alignment_of_same_shaped_modules_in_one_batch_equals_the_per_module_mean(relative):
-    from tagi_hf.losses import LoraFactors, _module_mse, adapter_alignment_loss
+    from tagi_hf.training.losses import LoraFactors, _module_mse, adapter_alignment_loss
 
     gen = torch.Generator().manual_seed(3)
     shapes = {"a.q": (6, 5), "a.v": (6, 5), "b.q": (6, 5), "b.o": (5, 7)}  # (d_out, d_in): one group of three

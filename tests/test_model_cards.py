@@ -8,7 +8,7 @@ import torch
 from huggingface_hub import ModelCard, hf_hub_download
 
 from tagi_hf import GeneratedAdapter
-from tagi_hf.model_card import (
+from tagi_hf.hub.cards import (
     TEMPLATES,
     adapter_model_card,
     adapters_model_card,
@@ -153,13 +153,13 @@ def test_teacher_card_shows_recorded_training_facts_only():
 def test_every_template_is_shipped_and_used():
     names = {p.name for p in TEMPLATES.glob("*.md")}
     assert names == {"adapter_card.md", "adapters_card.md", "generator_card.md", "teacher_card.md", "teachers_card.md"}
-    source = (Path(TEMPLATES).parent / "model_card.py").read_text()
+    source = (Path(TEMPLATES).parent / "cards.py").read_text()
     assert all(f'"{name}"' in source for name in names)
 
 
 def test_cached_rendering_equals_hub_from_template():
     """Cards come from templates compiled once per process; the text must be what `ModelCard.from_template` gives."""
-    from tagi_hf.model_card import PAPER, PAPER_URL, TAGI_TAGS, _card_data
+    from tagi_hf.hub.cards import PAPER, PAPER_URL, TAGI_TAGS, _card_data
 
     adapter = handmade_adapter()
     ours = adapter_model_card(adapter)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-import tagi_hf.predict as predict_module
+import tagi_hf.evaluation.runner as predict_module
 from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
 from tagi_hf.data import (
     format_instruction,
@@ -16,10 +16,10 @@ from tagi_hf.data import (
     train_tokenizer,
     write_synthetic_suite,
 )
-from tagi_hf.instruction_modes import GENERIC_DEFINITION, derangement, task_instructions
-from tagi_hf.instructions import tokenize_instructions
-from tagi_hf.predict import evaluate_model, load_for_evaluation, make_score_fn, predict, rank_classify_model
-from tagi_hf.rank_classification import option_nll
+from tagi_hf.evaluation.instruction_modes import GENERIC_DEFINITION, derangement, task_instructions
+from tagi_hf.evaluation.rank_classification import option_nll
+from tagi_hf.evaluation.runner import evaluate_model, load_for_evaluation, make_score_fn, predict, rank_classify_model
+from tagi_hf.modeling.instructions import tokenize_instructions
 from tiny import tiny_text_config
 
 SNI_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sni-sample"

@@ -1,4 +1,4 @@
-"""Tests for tagi_hf.rank_classification (P3 / T0 rank-classification protocol)."""
+"""Tests for tagi_hf.evaluation.rank_classification (P3 / T0 rank-classification protocol)."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tagi_hf.rank_classification import (
+from tagi_hf.evaluation.rank_classification import (
     RankClassificationExample,
     load_rank_classification_jsonl,
     option_nll,

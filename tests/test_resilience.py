@@ -15,15 +15,16 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import T5ForConditionalGeneration, TrainerCallback
 
-import tagi_hf.adapter as adapter_module
+import tagi_hf.modeling.adapter as adapter_module
 from tagi_hf import TagiModel
-from tagi_hf.checkpoints import is_complete_checkpoint, last_complete_checkpoint, resolve_resume_checkpoint
 from tagi_hf.data import TagiDataCollator, train_tokenizer, write_synthetic_suite
-from tagi_hf.pipeline import train_tagi
-from tagi_hf.standin import standin_config
-from tagi_hf.teachers import TEACHER_INFO, TeacherBank, train_lora_teachers
-from tagi_hf.trainer import TagiTrainer
-from tagi_hf.training_args import TagiTrainingArguments
+from tagi_hf.recipes.standin import standin_config
+from tagi_hf.recipes.synthetic import train_tagi
+from tagi_hf.teachers import TeacherBank, train_lora_teachers
+from tagi_hf.teachers.bank import TEACHER_INFO
+from tagi_hf.training.arguments import TagiTrainingArguments
+from tagi_hf.training.checkpoints import is_complete_checkpoint, last_complete_checkpoint, resolve_resume_checkpoint
+from tagi_hf.training.trainer import TagiTrainer
 from tiny import tiny_model, tiny_text_config, tiny_tokenizer
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat".split()
@@ -236,7 +237,7 @@ def _train_command(workspace: Path, out: Path) -> list[str]:
     flags = {"--model": workspace / "s1", "--data-dir": workspace / "sni", "--out": out, "--lambda-kl": 0,
              "--lambda-ins": 0, "--max-steps": 150, "--save-steps": 10, "--batch-size": 4,
              "--max-train-instances-per-task": 8, "--logging-steps": 1, "--seed": 3}  # fmt: skip
-    return [sys.executable, "-m", "tagi_hf.cli", "train", *(str(x) for kv in flags.items() for x in kv)]
+    return [sys.executable, "-m", "tagi_hf.cli.main", "train", *(str(x) for kv in flags.items() for x in kv)]
 
 
 def _env() -> dict[str, str]:
@@ -282,7 +283,7 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
     """Temporary names come from mkstemp/mkdtemp (0600/0700); the final outputs must be readable like plain writes."""
     import os
 
-    from tagi_hf.utils import atomic_directory, atomic_write_text
+    from tagi_hf.modeling.file_utils import atomic_directory, atomic_write_text
 
     umask = os.umask(0o022)
     try:

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from tagi_hf import TagiModel
 from tagi_hf.data import TagiDataCollator
-from tagi_hf.trainer import TagiTrainer
-from tagi_hf.training_args import TagiTrainingArguments
+from tagi_hf.training.arguments import TagiTrainingArguments
+from tagi_hf.training.trainer import TagiTrainer
 from tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

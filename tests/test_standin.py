@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainer, T5ForConditionalGeneration
 
-from tagi_hf import standin
-from tagi_hf.data import TagiDataCollator, load_sni, train_tokenizer, write_synthetic_suite
+from tagi_hf.data import PrefixLMCollator, TagiDataCollator, load_sni, train_tokenizer, write_synthetic_suite
 from tagi_hf.data.prompts import TEACHER_BRIDGE
-from tagi_hf.standin import PrefixLMCollator, instance_texts, pretrain_standin, standin_config
+from tagi_hf.recipes import standin
+from tagi_hf.recipes.standin import instance_texts, pretrain_standin, standin_config
 
 
 @pytest.fixture(scope="module")

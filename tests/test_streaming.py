@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tagi_hf.hub import load_adapters, save_adapters
-from tagi_hf.streaming import generate_adapters_to_disk
+from tagi_hf.hub.collections import generate_adapters_to_disk
 from tiny import tiny_model, tiny_tokenizer
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat".split()

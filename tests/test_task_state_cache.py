@@ -176,7 +176,7 @@ def test_states_with_gradients_are_never_reused():
 
 
 def test_negative_cache_size_is_refused():
-    from tagi_hf.task_state import TaskStateCache
+    from tagi_hf.modeling.task_state import TaskStateCache
 
     with pytest.raises(ValueError, match="`max_size` must be >= 0"):
         TaskStateCache(-1)

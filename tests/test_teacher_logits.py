@@ -1,4 +1,4 @@
-"""Teacher logits cached once per training example (tagi_hf.teacher_logits) and the top-k KL they feed."""
+"""Teacher logits cached once per training example (tagi_hf.training.teacher_logits) and the top-k KL they feed."""
 
 import json
 
@@ -8,9 +8,9 @@ from datasets import Dataset
 from transformers import T5ForConditionalGeneration
 
 from tagi_hf.data import TagiDataCollator
-from tagi_hf.losses import SparseTeacher, distillation_kl_loss, sparse_distillation_kl_loss
-from tagi_hf.teacher_logits import SPARSE_TEACHER_COLUMNS, cache_teacher_logits
-from tagi_hf.trainer import TagiTrainer
+from tagi_hf.training.losses import SparseTeacher, distillation_kl_loss, sparse_distillation_kl_loss
+from tagi_hf.training.teacher_logits import SPARSE_TEACHER_COLUMNS, cache_teacher_logits
+from tagi_hf.training.trainer import TagiTrainer
 from test_trainer import FakeBank, _args, _rows
 from tiny import tiny_model, tiny_tokenizer
 

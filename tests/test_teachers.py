@@ -7,16 +7,16 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
 
-import tagi_hf.baseline as baseline_module
-import tagi_hf.teachers as teachers_module
+import tagi_hf.teachers.baseline as baseline_module
+import tagi_hf.teachers.lora_teachers as teachers_module
 from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
-from tagi_hf.baseline import train_multitask_baseline
 from tagi_hf.data import TagiDataCollator, load_sni, train_tokenizer, write_synthetic_suite
 from tagi_hf.teachers import (
     TeacherBank,
     teacher_target_modules,
     train_lora_teachers,
 )
+from tagi_hf.teachers.baseline import train_multitask_baseline
 from tiny import tiny_text_config
 
 FAST = dict(max_steps=8, learning_rate=1e-2, max_input_length=64, max_target_length=32)
@@ -155,8 +155,10 @@ def test_group_by_category_trains_one_teacher_per_category(tmp_path, data, token
 
 def test_rerunning_skips_teachers_already_saved(tmp_path, data, tokenizer, tasks, monkeypatch):
     calls = []
-    train = teachers_module._train
-    monkeypatch.setattr(teachers_module, "_train", lambda *a, **k: calls.append(a[2]["task"][0]) or train(*a, **k))
+    train = teachers_module.train_seq2seq
+    monkeypatch.setattr(
+        teachers_module, "train_seq2seq", lambda *a, **k: calls.append(a[2]["task"][0]) or train(*a, **k)
+    )
     backbone = make_backbone(tokenizer)
     train_lora_teachers(backbone, tokenizer, data, tmp_path, keys=tasks[:1], max_steps=1)
     weights = tmp_path / tasks[0] / "adapter_model.safetensors"
@@ -235,9 +237,11 @@ def test_multitask_baseline_trains_saves_reloads_and_resumes(tmp_path, data, tok
     monkeypatch.undo()
 
     resumed_from = []
-    train = baseline_module._train
+    train = baseline_module.train_seq2seq
     monkeypatch.setattr(
-        baseline_module, "_train", lambda *a, **k: resumed_from.append(k["resume_from_checkpoint"]) or train(*a, **k)
+        baseline_module,
+        "train_seq2seq",
+        lambda *a, **k: resumed_from.append(k["resume_from_checkpoint"]) or train(*a, **k),
     )
     kwargs["max_steps"] = 12
     assert train_multitask_baseline(backbone, tokenizer, data, out, **kwargs) == out

@@ -7,8 +7,8 @@ from peft import PeftModel
 from transformers import T5ForConditionalGeneration
 
 from tagi_hf.data import TagiDataCollator, train_tokenizer
-from tagi_hf.standin import standin_config
-from tagi_hf.teachers_joint import _batch_rows, _RowAdam, train_lora_teachers_jointly
+from tagi_hf.recipes.standin import standin_config
+from tagi_hf.teachers.joint import _batch_rows, _RowAdam, train_lora_teachers_jointly
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog".split()
 

@@ -6,11 +6,10 @@ from datasets import Dataset
 from transformers import T5ForConditionalGeneration, TrainerCallback
 
 from tagi_hf import TagiModel
-from tagi_hf.data import TagiDataCollator
-from tagi_hf.losses import LoraFactors
-from tagi_hf.pretraining import PretrainingCollator
-from tagi_hf.trainer import TagiTrainer
-from tagi_hf.training_args import TagiTrainingArguments
+from tagi_hf.data import PretrainingCollator, TagiDataCollator
+from tagi_hf.training.arguments import TagiTrainingArguments
+from tagi_hf.training.losses import LoraFactors
+from tagi_hf.training.trainer import TagiTrainer
 from tiny import tiny_model, tiny_tokenizer
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat".split()

@@ -29,8 +29,8 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from tagi_hf.data import TagiDataCollator
-from tagi_hf.modeling_tagi import TagiModel
-from tagi_hf.pipeline import DemoSettings, SyntheticRecipe, _stage_args, train_tagi
+from tagi_hf.modeling.modeling_tagi import TagiModel
+from tagi_hf.recipes.synthetic import DemoSettings, SyntheticRecipe, _stage_args, train_tagi
 from tagi_hf.teachers import TeacherBank
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

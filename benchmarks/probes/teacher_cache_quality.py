@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quality import BENCHMARK_SETTINGS, final_loss_pred  # noqa: E402
 
-from tagi_hf.pipeline import DemoSettings, SyntheticRecipe  # noqa: E402
+from tagi_hf.recipes.synthetic import DemoSettings, SyntheticRecipe  # noqa: E402
 
 LOG = Path(__file__).resolve().parents[1] / "results" / "probes" / "teacher_cache_quality.jsonl"
 

@@ -27,8 +27,8 @@ from quality import BENCHMARK_SETTINGS  # noqa: E402
 
 from tagi_hf import TagiModel  # noqa: E402
 from tagi_hf.data import TagiDataCollator  # noqa: E402
-from tagi_hf.losses import SparseTeacher, distillation_kl_loss, sparse_distillation_kl_loss  # noqa: E402
-from tagi_hf.pipeline import DemoSettings, SyntheticRecipe  # noqa: E402
+from tagi_hf.recipes.synthetic import DemoSettings, SyntheticRecipe  # noqa: E402
+from tagi_hf.training.losses import SparseTeacher, distillation_kl_loss, sparse_distillation_kl_loss  # noqa: E402
 
 LOG = Path(__file__).resolve().parents[1] / "results" / "probes" / "teacher_topk.jsonl"
 

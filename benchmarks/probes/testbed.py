@@ -24,10 +24,10 @@ from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from tagi_hf.data import load_sni, synthetic_corpus, write_synthetic_suite
 from tagi_hf.data.prompts import format_student_input
-from tagi_hf.fit import predict_with_teachers, summarise_predictions, unseen_train_rows
-from tagi_hf.pipeline import DemoSettings, demo_corpus, train_demo_tokenizer
-from tagi_hf.predict import predict
-from tagi_hf.standin import instance_texts, pretrain_standin, standin_config
+from tagi_hf.evaluation.fit import predict_with_teachers, summarise_predictions, unseen_train_rows
+from tagi_hf.evaluation.runner import predict
+from tagi_hf.recipes.standin import instance_texts, pretrain_standin, standin_config
+from tagi_hf.recipes.synthetic import DemoSettings, demo_corpus, train_demo_tokenizer
 from tagi_hf.teachers import TeacherBank
 
 HELD = 20  # instances per task beyond the training ones, never trained on
@@ -132,7 +132,7 @@ def main() -> None:
         model = T5ForConditionalGeneration.from_pretrained(out)
         result["params"] = sum(p.numel() for p in model.parameters())
     elif a.stage == "baseline":
-        from tagi_hf.baseline import train_multitask_baseline
+        from tagi_hf.teachers.baseline import train_multitask_baseline
 
         schedule = dict(lr_scheduler_type="cosine", warmup_steps=a.steps // 20)
         if a.save_every:  # kept beside `out` (the work folder goes at the end); score them with `eval`
@@ -147,7 +147,7 @@ def main() -> None:
                                  per_device_train_batch_size=a.batch, seed=0, training_kwargs=schedule)  # fmt: skip
         model = T5ForConditionalGeneration.from_pretrained(out)
     elif a.stage == "teachers":
-        from tagi_hf.teachers_joint import train_lora_teachers_jointly
+        from tagi_hf.teachers.joint import train_lora_teachers_jointly
 
         train_lora_teachers_jointly(a.init, tokenizer, train, out, rank=a.rank, max_steps=a.steps,
                                     learning_rate=a.lr, batch_size=a.batch, seed=0)  # fmt: skip

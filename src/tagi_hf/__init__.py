@@ -1,10 +1,16 @@
-"""tagi-hf: Task Adapters Generation from Instructions (TAGI) for the Hugging Face stack."""
+"""tagi-hf: Task Adapters Generation from Instructions (TAGI) for the Hugging Face stack.
+
+The tree: `modeling/` is the model (and exactly what `save_pretrained` ships as remote code); `data/` reads and
+formats tasks; `training/`, `teachers/`, `evaluation/` and `hub/` use the model; `recipes/` chain them into the
+synthetic-suite pipeline; `cli/` is `tagi-hf`.
+"""
+
+import importlib
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from .adapter import GeneratedAdapter
-from .configuration_tagi import TagiConfig
-from .modeling_tagi import TagiModel, TaskState
+from . import _compat
+from .modeling import GeneratedAdapter, TagiConfig, TagiModel, TaskState
 
 __version__ = "0.1.0"
 
@@ -13,5 +19,35 @@ AutoModel.register(TagiConfig, TagiModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(TagiConfig, TagiModel, exist_ok=True)
 TagiConfig.register_for_auto_class()
 TagiModel.register_for_auto_class("AutoModel")
+_compat.install()
 
-__all__ = ["GeneratedAdapter", "TagiConfig", "TagiModel", "TaskState", "__version__"]
+# Imported on first use (they pull in `transformers.Trainer` and `datasets`): `from tagi_hf import TagiTrainer`.
+_LAZY = {
+    "TagiDataCollator": "tagi_hf.data",
+    "TagiTrainer": "tagi_hf.training",
+    "TagiTrainingArguments": "tagi_hf.training",
+    "TeacherBank": "tagi_hf.teachers",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tagi_hf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    "GeneratedAdapter",
+    "TagiConfig",
+    "TagiDataCollator",
+    "TagiModel",
+    "TagiTrainer",
+    "TagiTrainingArguments",
+    "TaskState",
+    "TeacherBank",
+    "__version__",
+]

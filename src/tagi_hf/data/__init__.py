@@ -1,6 +1,6 @@
-"""Data for TAGI: the Super-NaturalInstructions loader, the synthetic suite, prompt formats, tokenizer, collator."""
+"""Data for TAGI: the Super-NaturalInstructions loader, the synthetic suite, prompt formats, tokenizer, collators."""
 
-from .collator import TagiDataCollator
+from .collators import IGNORE_INDEX, PrefixLMCollator, PretrainingCollator, Seq2SeqCollator, TagiDataCollator
 from .prompts import format_instruction, format_student_input, format_teacher_input, parse_setting
 from .sampling import TaskBalancedSampler
 from .sni import SNI_FEATURES, load_sni
@@ -10,6 +10,10 @@ from .tokenizer import train_tokenizer
 
 __all__ = [
     "HELD_OUT_CHAINS",
+    "IGNORE_INDEX",
+    "PrefixLMCollator",
+    "PretrainingCollator",
+    "Seq2SeqCollator",
     "HELD_OUT_WORDS",
     "OPERATIONS",
     "SNI_FEATURES",

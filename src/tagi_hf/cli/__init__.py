@@ -1,0 +1,5 @@
+"""The `tagi-hf` command line."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,14 @@
+"""The model: everything `TagiModel.save_pretrained` ships as remote code.
+
+Every module here imports only its siblings (and torch / transformers / peft / safetensors / huggingface_hub), so
+the folder is exactly the remote-code bundle: `AutoModel.from_pretrained(path, trust_remote_code=True)` runs it
+without the `tagi_hf` package. Training, teachers, evaluation, the Hub code and the recipes import from here; nothing
+here imports them (`tests/test_layout.py` checks both).
+"""
+
+from .adapter import GeneratedAdapter
+from .configuration_tagi import TagiConfig
+from .modeling_tagi import TagiModel
+from .task_state import TaskState, TaskStateCache
+
+__all__ = ["GeneratedAdapter", "TagiConfig", "TagiModel", "TaskState", "TaskStateCache"]

@@ -1,0 +1,261 @@
+"""[`GeneratedAdapter`]: one task's generated LoRA adapter, saved as a standard PEFT LoRA directory."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import torch
+from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .file_utils import atomic_directory
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo, ModelCard
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+INSTRUCTION_STATES = "tagi_instruction_states.safetensors"
+PROVENANCE = "tagi_adapter.json"
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class GeneratedAdapter:
+    r"""
+    A LoRA adapter generated from one instruction by a [`TagiModel`].
+
+    Args:
+        lora_factors (`dict[str, tuple[torch.Tensor, torch.Tensor]]`):
+            `{PEFT module name: (A (r, in), B (out, r))}`, e.g. `"encoder.block.0.layer.0.SelfAttention.q"`.
+        lora_alpha (`float`): PEFT's alpha; the update is `(lora_alpha / r) * B @ A`.
+        instruction (`str`, *optional*): the instruction the adapter was generated from.
+        base_model_name_or_path (`str`, *optional*): the backbone the adapter belongs to.
+        instruction_states (`torch.Tensor`, *optional*): `(len, d_model)` encoder states of the instruction, needed
+            by the fusion (`fusion="cross_attention"`); `None` for plain LoRA adapters.
+        generator_config (`dict`): the generator's [`TagiConfig`] as a dict (provenance).
+        generator_name_or_path / generator_revision (`str`, *optional*): where the generator came from.
+
+    Example:
+
+    ```python
+    >>> adapter = model.generate_adapter("Reverse the order of the words.", tokenizer=tokenizer)  # doctest: +SKIP
+    >>> adapter.save_pretrained("reverse-adapter")  # doctest: +SKIP
+    >>> peft_model = GeneratedAdapter.from_pretrained("reverse-adapter").to_peft_model(t5)  # doctest: +SKIP
+    ```
+    """
+
+    lora_factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    lora_alpha: float
+    instruction: str | None = None
+    base_model_name_or_path: str | None = None
+    instruction_states: torch.Tensor | None = None
+    generator_config: dict = field(default_factory=dict)
+    generator_name_or_path: str | None = None
+    generator_revision: str | None = None
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.lora_factors.values()))[0].shape[0]
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.rank
+
+    @property
+    def target_modules(self) -> list[str]:
+        return list(self.lora_factors)
+
+    @property
+    def has_fusion(self) -> bool:
+        return self.instruction_states is not None
+
+    def delta(self, name: str) -> torch.Tensor:
+        """The weight update `(alpha / r) B A` of one module, `(out, in)`, in `nn.Linear.weight` orientation."""
+        lora_a, lora_b = self.lora_factors[name]
+        return self.scaling * lora_b @ lora_a
+
+    def peft_config(self) -> LoraConfig:
+        """The `LoraConfig` of this adapter (exact module names, so nothing else is adapted)."""
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.lora_alpha,
+            target_modules=self.target_modules,
+            lora_dropout=0.0,
+            bias="none",
+            task_type="SEQ_2_SEQ_LM",
+            base_model_name_or_path=self.base_model_name_or_path,
+        )
+
+    def peft_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under PEFT's on-disk key names (no adapter name)."""
+        state = {}
+        for name, (lora_a, lora_b) in self.lora_factors.items():
+            state[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = lora_a.detach().contiguous()
+            state[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = lora_b.detach().contiguous()
+        return state
+
+    def check_compatible(self, backbone: nn.Module) -> None:
+        """Raises `ValueError` naming the module and shapes if this adapter does not fit `backbone`."""
+        for name, (lora_a, lora_b) in self.lora_factors.items():
+            try:
+                module = backbone.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"Adapter module `{name}` does not exist in the backbone.") from None
+            want_a, want_b = (self.rank, module.in_features), (module.out_features, self.rank)
+            if tuple(lora_a.shape) != want_a or tuple(lora_b.shape) != want_b:
+                raise ValueError(
+                    f"Adapter module `{name}` has A {tuple(lora_a.shape)} and B {tuple(lora_b.shape)}, but the "
+                    f"backbone's linear needs A {want_a} and B {want_b}."
+                )
+
+    def to_peft_model(self, model: nn.Module, adapter_name: str = "default") -> PeftModel:
+        """Wraps a matching `T5ForConditionalGeneration` in a `peft.PeftModel` carrying this adapter.
+
+        The fusion (if any) is not part of PEFT's LoRA: the returned model applies the LoRA updates only.
+        """
+        self.check_compatible(model)
+        peft_model = PeftModel(model, self.peft_config(), adapter_name=adapter_name)
+        state = {k: v.to(model.device) for k, v in self.peft_state_dict().items()}
+        result = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+        if result.unexpected_keys:
+            raise ValueError(f"Adapter keys not used by the model: {sorted(result.unexpected_keys)[:5]}")
+        return peft_model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, model_card: ModelCard | None = None) -> None:
+        """Writes a standard PEFT LoRA directory (atomically), plus the instruction states when fusion is on.
+
+        `model_card`: the README to write (default: [`tagi_hf.hub.adapter_model_card`] of this adapter when the
+        tagi-hf package is installed; a short card with the same metadata in a remote-code process without it).
+        """
+        if model_card is None:
+            hub = hub_package()
+            model_card = hub.adapter_model_card(self) if hub is not None else minimal_adapter_card(self)
+        with atomic_directory(save_directory) as tmp:
+            self.peft_config().save_pretrained(tmp)
+            save_file(self.peft_state_dict(), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+            if self.has_fusion:
+                states = {"instruction_states": self.instruction_states.detach().contiguous()}
+                save_file(states, tmp / INSTRUCTION_STATES, metadata={"format": "pt"})
+            (tmp / PROVENANCE).write_text(json.dumps(self._provenance(), indent=2, sort_keys=True) + "\n")
+            model_card.save(tmp / "README.md")
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        generator_repo: str | None = None,
+        generator_revision: str | None = None,
+        license: str | None = None,
+    ) -> CommitInfo:
+        """Pushes this adapter as a PEFT LoRA repo with its card in one commit ([`tagi_hf.hub.push_adapter_to_hub`]).
+
+        Refuses (before any network call) when `base_model_name_or_path` is not a Hub id or no token is available.
+        """
+        return require_hub_package("GeneratedAdapter.push_to_hub").push_adapter_to_hub(
+            self,
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            revision=revision,
+            generator_repo=generator_repo,
+            generator_revision=generator_revision,
+            license=license,
+        )
+
+    def _provenance(self) -> dict:
+        return {
+            "instruction": self.instruction,
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "fusion": self.has_fusion,
+            "generator_config": self.generator_config,
+            "generator_name_or_path": self.generator_name_or_path,
+            "generator_revision": self.generator_revision,
+        }
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> GeneratedAdapter:
+        """Loads an adapter written by [`~GeneratedAdapter.save_pretrained`] (or any PEFT LoRA directory)."""
+        path = Path(path)
+        config = LoraConfig.from_pretrained(path)
+        state = _load_safetensors(path / ADAPTER_WEIGHTS)
+        factors = _factors_from_peft(state, path)
+        meta = json.loads((path / PROVENANCE).read_text()) if (path / PROVENANCE).exists() else {}
+        states = _load_safetensors(path / INSTRUCTION_STATES)["instruction_states"] if meta.get("fusion") else None
+        return cls(
+            lora_factors=factors,
+            lora_alpha=config.lora_alpha,
+            instruction=meta.get("instruction"),
+            base_model_name_or_path=config.base_model_name_or_path,
+            instruction_states=states,
+            generator_config=meta.get("generator_config", {}),
+            generator_name_or_path=meta.get("generator_name_or_path"),
+            generator_revision=meta.get("generator_revision"),
+        )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file` (no pickle, no code), with an error naming the file when it is damaged."""
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise ValueError(f"`{path}` is not a valid safetensors file (truncated or corrupted?): {error}") from error
+
+
+def _factors_from_peft(state: dict[str, torch.Tensor], path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    names = sorted({k[len(_PEFT_PREFIX) : -len(".lora_A.weight")] for k in state if k.endswith(".lora_A.weight")})
+    factors = {}
+    for name in names:
+        key_b = f"{_PEFT_PREFIX}{name}.lora_B.weight"
+        if key_b not in state:
+            raise ValueError(f"`{path / ADAPTER_WEIGHTS}` has lora_A but no lora_B for module `{name}`.")
+        factors[name] = (state[f"{_PEFT_PREFIX}{name}.lora_A.weight"], state[key_b])
+    if not factors:
+        raise ValueError(f"`{path / ADAPTER_WEIGHTS}` holds no LoRA weights.")
+    return factors
+
+
+def hub_package() -> ModuleType | None:
+    """`tagi_hf.hub` (cards from the package's templates, Hub pushes) when tagi-hf is installed, else `None`.
+
+    Imported by name, so the bundle never depends on it: `save_pretrained` ships this folder only (transformers
+    follows `from .module import` lines), and a process that loaded the model with `trust_remote_code=True` without
+    the package still saves adapters (with [`minimal_adapter_card`]).
+    """
+    try:
+        return importlib.import_module("tagi_hf.hub")
+    except ImportError:
+        return None
+
+
+def require_hub_package(what: str) -> ModuleType:
+    """[`hub_package`], or an `ImportError` saying that `what` needs the tagi-hf package."""
+    hub = hub_package()
+    if hub is None:
+        raise ImportError(f"{what} needs the tagi-hf package (`pip install tagi-hf`); saving locally does not.")
+    return hub
+
+
+def minimal_adapter_card(adapter: GeneratedAdapter) -> ModelCard:
+    """The card a remote-code process without tagi-hf writes: the Hub metadata PEFT needs and the instruction."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(library_name="peft", base_model=adapter.base_model_name_or_path, tags=["tagi", "lora"])
+    instruction = (adapter.instruction or "(not recorded)").replace("\n", " ")
+    return ModelCard(
+        f"---\n{data.to_yaml()}\n---\n\n# LoRA adapter generated by TAGI\n\nGenerated from the instruction:\n\n"
+        f"> {instruction}\n\nLoad it with `PeftModel.from_pretrained(base_model, path)`.\n"
+    )

@@ -1,0 +1,501 @@
+"""The whole TAGI recipe as functions: stage 1, stage 2, and the synthetic-suite demo that chains every stage.
+
+Each stage writes its result directory atomically; a directory that exists is complete, so re-running a pipeline
+skips finished stages (resume) and `overwrite=True` starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5ForConditionalGeneration
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from ..data import (
+    PretrainingCollator,
+    TagiDataCollator,
+    load_sni,
+    synthetic_corpus,
+    train_tokenizer,
+    write_synthetic_suite,
+)
+from ..data.prompts import format_instruction, format_teacher_input
+from ..modeling.file_utils import atomic_directory, atomic_write_text
+from ..modeling.modeling_tagi import TagiModel
+from ..training.arguments import TagiTrainingArguments
+from ..training.trainer import TagiTrainer
+
+logger = logging.get_logger(__name__)
+
+
+def train_tagi(
+    model: TagiModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
+    output_dir: str | Path,
+    args: TagiTrainingArguments,
+    *,
+    data_collator: Callable | None = None,
+    teacher_model: T5ForConditionalGeneration | None = None,
+    teacher_bank=None,
+) -> Path:
+    """Runs [`TagiTrainer`] (resuming from the last checkpoint in `args.output_dir`) and saves the final model and
+    tokenizer atomically to `output_dir`. Stage 1 passes a [`PretrainingCollator`] and zero distillation weights."""
+    model.train()
+    trainer = TagiTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        teacher_model=teacher_model,
+        teacher_bank=teacher_bank,
+        data_collator=data_collator or TagiDataCollator(tokenizer),
+    )
+    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    with atomic_directory(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    return Path(output_dir)
+
+
+@dataclass
+class DemoSettings:
+    """Quick settings of `tagi-hf demo` (minutes on 2 CPU cores). Every number here is a knob, not a result."""
+
+    out: str = "runs/demo"
+    seed: int = 0
+    instances_per_task: int = 300  # fresh data per step: with 60, models memorised their instances
+    eval_instances_per_task: int = 20
+    vocab_size: int = 600
+    d_model: int = 96
+    num_layers: int = 2
+    corpus_instance_fraction: float = 0.5  # share of train-task instances (vs random word lists) in the corpus
+    standin_random_texts: int = 4000  # random word lists added to the formatted train instances (stand-in only)
+    standin_boundary_probability: float = 0.9  # instance texts split at their output (see PrefixLMCollator)
+    standin_definition_fraction: float = 1.0  # instance texts with their definition in context (1.0: T0-like)
+    backbone_steps: int = 2400  # the stand-in does most of the learning; the baseline continues from it
+    backbone_learning_rate: float = 2e-3
+    baseline_steps: int = 300
+    teacher_steps: int = 600  # optimiser steps of the joint run that trains every task's teacher
+    stage1_steps: int = 150
+    stage1_learning_rate: float = 1e-4  # at 1e-3 stage 1 diverged (loss 4.9 -> 6.3, gradient norms in the thousands)
+    stage2_steps: int = 1200
+    batch_size: int = 32
+    lora_rank: int = 8
+    fusion: str = "cross_attention"
+    lambda_kl: float = 1.0
+    lambda_ins: float = 0.1
+    kl_temperature: float = 1.0
+    # Stage 2: >0 runs the logit teacher once per training example and keeps its top-k logits per label token
+    # (training/teacher_logits.py) instead of running it at every step; 0 (default): the live teacher, as in the paper.
+    teacher_logits_top_k: int = 0
+    learning_rate: float = 1e-3
+    # The generator (TagiConfig fields) and its stage-2 batches, chosen on the dev split by the probes logged in
+    # benchmarks/results/probes/generator.md: a trainable encoder at the generator's rate, 16 tasks x 4 per batch.
+    instruction_encoder: str = "separate"
+    instruction_pooling: str = "attention"
+    instruction_encoder_learning_rate: float = 1e-3  # with instruction_encoder="separate"
+    examples_per_task: int = 4  # stage 2: task-balanced batches of this many examples per task (0: random)
+    teacher_learning_rate: float = 5e-3
+    fit_tasks: int = 60  # seeded sample of train tasks scored on unseen instances (0: every train task)
+    overwrite: bool = False
+
+
+STAGE_MARKERS = ("config.json", "teachers.json", "splits", "tokenizer_config.json")
+"""A stage's folder is finished when it holds one of these (a model, a teacher bank, a suite, a tokenizer). Some
+stages keep resumable work inside their folder while they run (the baseline's `checkpoints/`, the teachers written
+one by one), so the folder existing is not enough."""
+
+
+def stage_finished(path: Path) -> bool:
+    """Whether `path` holds a finished stage output (see [`STAGE_MARKERS`])."""
+    return any((path / marker).exists() for marker in STAGE_MARKERS)
+
+
+STAGE_RECORD = "recipe_stage.json"
+"""Written into a finished stage's folder: the settings it was built with, checked when the stage is reused."""
+
+
+def _stage(
+    path: Path, build: Callable[[Path], object], timings: dict[str, float] | None = None, record: dict | None = None
+) -> Path:
+    """Builds `path` unless it holds a finished stage ([`stage_finished`]); an interrupted stage is built again
+    (resuming from its checkpoints where it has any). Records the seconds spent. With `record` (the settings the stage
+    depends on), a finished stage built with other settings is refused instead of silently reused."""
+    if stage_finished(path):
+        _check_record(path, record)
+        logger.warning(f"Stage output {path} exists: skipping (pass overwrite to redo).")
+        return path
+    if path.exists():
+        logger.warning(f"Stage output {path} is unfinished (interrupted run): building it again, resuming if it can.")
+    start, nested_before = time.perf_counter(), sum((timings or {}).values())
+    build(path)
+    if timings is not None:  # exclusive of the stages this one triggered (they record their own)
+        nested = sum(timings.values()) - nested_before
+        timings[path.name] = round(time.perf_counter() - start - nested, 1)
+    if record is not None:
+        atomic_write_text(path / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _check_record(path: Path, record: dict | None) -> None:
+    saved_file = path / STAGE_RECORD
+    if record is None:
+        return
+    if not saved_file.exists():
+        logger.warning(f"Stage output {path} has no {STAGE_RECORD} (built by an older version): reused unchecked.")
+        return
+    saved = json.loads(saved_file.read_text())
+    differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+    if differing:
+        details = ", ".join(f"{k}: built with {saved.get(k)!r}, now {record.get(k)!r}" for k in differing)
+        raise ValueError(
+            f"Stage output {path} was built with other settings ({details}). Use another output folder, or pass "
+            "overwrite to rebuild every stage."
+        )
+
+
+def _stage_args(s: DemoSettings, work: Path, steps: int, **kwargs) -> TagiTrainingArguments:
+    return TagiTrainingArguments(
+        output_dir=str(work),
+        max_steps=steps,
+        per_device_train_batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        warmup_steps=max(1, steps // 50),
+        lr_scheduler_type="linear",
+        logging_steps=max(1, steps // 10),
+        save_strategy="steps",
+        save_steps=max(1, steps // 4),
+        save_total_limit=1,
+        seed=s.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        kl_temperature=s.kl_temperature,
+        **kwargs,
+    )
+
+
+class SyntheticRecipe:
+    """The stages of the TAGI recipe on the synthetic suite, each cached in its own directory under `s.out`.
+
+    `run_demo` chains them once; the quality benchmark reuses them to train every method and ablation on the same
+    data, backbone and teachers.
+    """
+
+    def __init__(self, s: DemoSettings):
+        self.s = s
+        self.timings: dict[str, float] = {}  # seconds per stage built by this recipe (not by an earlier run)
+        self.out = Path(s.out)
+        if s.overwrite and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self._stage(
+            # Extra instances per task stay unseen in training: held-back data for the teachers' reference score.
+            self.out / "data",
+            lambda p: write_synthetic_suite(
+                p, seed=s.seed, instances_per_task=s.instances_per_task + s.eval_instances_per_task
+            ),
+        )
+        self.train = load_sni(
+            self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",)
+        )["train"]
+        self.corpus = demo_corpus(s)
+        tok_dir = self._stage(
+            self.out / "tokenizer", lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size)
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+
+    def _stage(self, path: Path, build: Callable[[Path], object], record: dict | None = None) -> Path:
+        return _stage(path, build, self.timings, record)
+
+    def _record(self, fields: tuple[str, ...], **extra) -> dict:
+        """The settings a stage depends on (checked when it is reused), its backbone's included."""
+        backbone = ("seed", "instances_per_task", "vocab_size", "d_model", "num_layers", "corpus_instance_fraction",
+                    "standin_random_texts", "standin_boundary_probability", "standin_definition_fraction",
+                    "backbone_steps", "backbone_learning_rate", "batch_size")  # fmt: skip
+        return {k: getattr(self.s, k) for k in backbone + fields} | extra
+
+    def _work(self, name: str, record: dict) -> Path:
+        """The checkpoint folder of stage `name`: checkpoints left there by a run with other settings are removed
+        (resuming them would load weights of another model), matching ones are resumed."""
+        work = self.out / f".work-{name}"
+        saved = work / STAGE_RECORD
+        if work.exists() and saved.exists() and json.loads(saved.read_text()) != record:
+            logger.warning(f"{work} holds checkpoints of a run with other settings: removed.")
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return work
+
+    def backbone(self) -> Path:
+        from .standin import instance_texts, pretrain_standin, standin_config
+
+        s = self.s
+        config = standin_config(len(self.tokenizer), d_model=s.d_model, num_layers=s.num_layers)
+        random_texts = synthetic_corpus(s.seed, s.standin_random_texts, instance_fraction=0.0)
+        texts = instance_texts(self.train, s.seed, definition_fraction=s.standin_definition_fraction)
+        return self._stage(self.out / "backbone", lambda p: pretrain_standin(
+            texts + random_texts, self.tokenizer, p, config=config, max_steps=s.backbone_steps,
+            batch_size=s.batch_size, learning_rate=s.backbone_learning_rate, seed=s.seed,
+            boundary_probability=s.standin_boundary_probability), self._record(()))  # fmt: skip
+
+    def baseline(self, setting: str = "def") -> Path:
+        """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher."""
+        from ..teachers.baseline import train_multitask_baseline
+
+        s, name = self.s, "baseline" if setting == "def" else f"baseline-{setting}"
+        return self._stage(self.out / name, lambda p: train_multitask_baseline(
+            str(self.backbone()), self.tokenizer, self.train, p, setting=setting, max_steps=s.baseline_steps,
+            learning_rate=s.learning_rate, per_device_train_batch_size=s.batch_size, seed=s.seed),
+            self._record(("baseline_steps", "learning_rate"), setting=setting))  # fmt: skip
+
+    def teachers(self) -> Path:
+        from ..teachers.joint import train_lora_teachers_jointly
+
+        s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers_joint.py)
+        return self._stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
+            str(self.backbone()), self.tokenizer, self.train, p, rank=s.lora_rank, max_steps=s.teacher_steps,
+            learning_rate=s.teacher_learning_rate, batch_size=s.batch_size, seed=s.seed),
+            self._record(("teacher_steps", "teacher_learning_rate", "lora_rank")))  # fmt: skip
+
+    def fresh_tagi(self, fusion: str, generator: dict | None = None) -> TagiModel:
+        """A TAGI model around the stand-in; `generator`: TagiConfig fields (default: the settings' generator)."""
+        r = self.s.lora_rank
+        generator = self.generator() if generator is None else generator
+        return TagiModel.from_backbone(str(self.backbone()), lora_rank=r, lora_alpha=2 * r, fusion=fusion,
+                                       **generator)  # fmt: skip
+
+    def generator(self) -> dict:
+        """The settings' generator as TagiConfig fields."""
+        return {"instruction_encoder": self.s.instruction_encoder, "instruction_pooling": self.s.instruction_pooling}
+
+    def stage1(self, fusion: str, generator: dict | None = None) -> Path:
+        s, generator = self.s, self.generator() if generator is None else generator
+        name = "tagi-stage1" if fusion == s.fusion else f"tagi-stage1-{fusion}"
+        name += "" if generator == self.generator() else "-" + "-".join(generator.values())
+        record = self._record(("stage1_steps", "stage1_learning_rate", "lora_rank", "corpus_instance_fraction"),
+                              fusion=fusion, instruction_encoder_trains=False, **generator)  # fmt: skip
+
+        def model() -> TagiModel:
+            # A separate instruction encoder stays frozen in stage 1 (a copy of the backbone's, as the paper's
+            # generator reads it) and trains from stage 2 on: trained on the a|b|c corpus at the generator's rate
+            # it diverged (gradient norm 2,363 by step 90 of 300, loss rising).
+            tagi = self.fresh_tagi(fusion, generator)
+            tagi.set_trainable(instruction_encoder=False)
+            return tagi
+
+        return self._stage(self.out / name, lambda p: train_tagi(
+            model(), self.tokenizer, Dataset.from_dict({"text": self.corpus}), p,
+            _stage_args(replace(s, learning_rate=s.stage1_learning_rate), self._work(name, record), s.stage1_steps,
+                        lambda_kl=0.0, lambda_ins=0.0),
+            data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed)), record)  # fmt: skip
+
+    def tagi(self, name: str = "tagi", *, setting: str = "def", fusion: str | None = None, stage1: bool = True,
+             lambda_kl: float | None = None, lambda_ins: float | None = None, learning_rate: float | None = None,
+             generator: dict | None = None) -> Path:  # fmt: skip
+        """Stage 2 for one variant (defaults: the full method of the settings; `generator`: TagiConfig fields of
+        another generator, e.g. the paper's frozen encoder with mean pooling)."""
+        s = self.s if learning_rate is None else replace(self.s, learning_rate=learning_rate)
+        fusion = fusion or s.fusion
+        kl = s.lambda_kl if lambda_kl is None else lambda_kl
+        ins = s.lambda_ins if lambda_ins is None else lambda_ins
+        generator = self.generator() if generator is None else generator
+        separate = generator["instruction_encoder"] == "separate"
+        encoder_lr = s.instruction_encoder_learning_rate if separate else None
+        record = self._record(
+            ("stage1_steps", "stage1_learning_rate", "stage2_steps", "lora_rank", "kl_temperature",
+             "examples_per_task", "baseline_steps", "teacher_steps", "teacher_learning_rate"),
+            setting=setting, fusion=fusion, stage1=stage1, lambda_kl=kl, lambda_ins=ins, learning_rate=s.learning_rate,
+            instruction_encoder_learning_rate=encoder_lr, **generator,
+        )  # fmt: skip
+        cached_k = s.teacher_logits_top_k if kl > 0 else 0
+        if cached_k:  # recorded only when used, so stages built with the live teacher keep their records
+            record["teacher_logits_top_k"] = cached_k
+
+        def build(path: Path) -> None:
+            if stage1:
+                model = TagiModel.from_pretrained(self.stage1(fusion, generator))
+            else:
+                model = self.fresh_tagi(fusion, generator)
+            collator = TagiDataCollator(self.tokenizer, setting=setting)
+            teacher = T5ForConditionalGeneration.from_pretrained(self.baseline(setting)) if kl > 0 else None
+            train, teacher = teacher_or_cache(teacher, self.train, collator, self.out / f"teacher-logits-{setting}",
+                                              top_k=cached_k, temperature=s.kl_temperature)  # fmt: skip
+            train_tagi(
+                model, self.tokenizer, train, path,
+                _stage_args(s, self._work(name, record), s.stage2_steps, lambda_kl=kl, lambda_ins=ins,
+                            instruction_encoder_learning_rate=encoder_lr, examples_per_task=s.examples_per_task),
+                data_collator=collator, teacher_model=teacher,
+                teacher_bank=TeacherBank.from_directory(self.teachers()) if ins > 0 else None,
+            )  # fmt: skip
+
+        from ..teachers.lora_teachers import TeacherBank
+        from ..training.teacher_logits import teacher_or_cache
+
+        return self._stage(self.out / name, build, record)
+
+    def evaluate(
+        self, model_dir: Path, *, setting: str = "def", instruction_mode: str = "own", split: str = "test"
+    ) -> dict:
+        """Scores on the held-out `split` ("test", or "dev" where settings are chosen), with `ran_to_limit`."""
+        from ..evaluation.fit import count_ran_to_limit
+        from ..evaluation.runner import evaluate_model
+
+        tag, max_new_tokens = f"{model_dir.name}-{setting}-{instruction_mode}", 32
+        tag = tag if split == "test" else f"{tag}-{split}"
+        predictions = self.out / "eval" / f"predictions-{tag}.jsonl"
+        metrics = evaluate_model(
+            str(model_dir), str(self.data_dir), split=split, setting=setting, instruction_mode=instruction_mode,
+            max_instances_per_task=self.s.eval_instances_per_task, batch_size=64, max_new_tokens=max_new_tokens,
+            output=str(self.out / "eval" / f"metrics-{tag}.json"), predictions_file=str(predictions),
+            show_progress=False,
+        )  # fmt: skip
+        texts = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
+        return metrics | {"ran_to_limit": count_ran_to_limit(texts, self.tokenizer, max_new_tokens)}
+
+    def fit_rows(self) -> list[dict]:
+        """Unseen instances of train tasks (`eval_instances_per_task` each, of `fit_tasks` seeded tasks)."""
+        from ..evaluation.fit import unseen_train_rows
+
+        s = self.s
+        return unseen_train_rows(self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed,
+                                 per_task=s.eval_instances_per_task, num_tasks=s.fit_tasks or None)  # fmt: skip
+
+    def evaluate_fit(
+        self, model_dir: Path | None, *, setting: str = "def", max_new_tokens: int = 32, instruction_mode: str = "own"
+    ) -> dict:
+        """How well a saved model (TAGI or T5) fits the train tasks: scores on their unseen instances ([`fit_rows`]),
+        with each task's own instruction or a control (`instruction_mode`, see [`task_instructions`]).
+        `model_dir=None` scores the LoRA teachers, each on its own task. See [`summarise_predictions`]."""
+        from ..evaluation.fit import predict_with_teachers, summarise_predictions
+        from ..evaluation.runner import load_for_evaluation, predict
+        from ..teachers.lora_teachers import TeacherBank
+
+        rows = self.fit_rows()
+        if model_dir is None:
+            base = T5ForConditionalGeneration.from_pretrained(self.backbone())
+            bank = TeacherBank.from_directory(self.teachers())
+            records = predict_with_teachers(base, bank, self.tokenizer, rows, max_new_tokens=max_new_tokens)
+        else:
+            model, _, kind = load_for_evaluation(model_dir)
+            records = predict(model, self.tokenizer, rows, kind=kind, setting=setting, batch_size=64,
+                              max_new_tokens=max_new_tokens, instruction_mode=instruction_mode,
+                              show_progress=False)  # fmt: skip
+        return summarise_predictions(records, self.tokenizer, max_new_tokens)
+
+
+def run_demo(s: DemoSettings) -> dict:
+    """synth -> tokenizer -> stand-in backbone -> baseline (logit teacher) -> LoRA teachers -> stage 1 -> stage 2 ->
+    evaluation on held-out tasks -> an adapter for a new instruction, saved, reloaded and run."""
+    start = time.perf_counter()
+    recipe = SyntheticRecipe(s)
+    methods = {"baseline (instruction in context)": recipe.baseline(), "TAGI": recipe.tagi()}
+    results = {name: _headline(recipe.evaluate(path)) for name, path in methods.items()}
+    # Fit first: scores on unseen instances of the train tasks, for every model and for the LoRA teachers.
+    fit = {name: recipe.evaluate_fit(path) for name, path in methods.items()}
+    fit["LoRA teachers (own task each)"] = recipe.evaluate_fit(None)
+    summary = {"settings": asdict(s), "results": results, "train_tasks_unseen_instances": fit}
+    summary["adapter_demo"] = _adapter_demo(methods["TAGI"], recipe.out / "adapter-demo")
+    summary["stage_seconds"] = recipe.timings  # stages built by this run (a re-run skips finished stages)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary["machine"] = _machine()
+    atomic_write_text(recipe.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
+
+
+def demo_corpus(s: DemoSettings) -> list[str]:
+    """The demo's synthetic corpus: the tokenizer's texts and stage 1's (a | b | c) pretraining text."""
+    return synthetic_corpus(s.seed, 20000, instance_fraction=s.corpus_instance_fraction)
+
+
+def train_demo_tokenizer(train: Dataset, corpus: list[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """The demo's tokenizer, trained on the corpus and the train split's texts (the cost benchmark uses it too)."""
+    texts = [*corpus, *train["definition"], *train["input"], *(o for outs in train["outputs"] for o in outs)]
+    # The prompt templates too ("Definition:", "Positive Example", "Now complete ..."): short sequences, fast steps.
+    texts += [format_teacher_input(format_instruction(r["definition"], r["positive_examples"], 2), r["input"])
+              for r in train.select(range(0, len(train), 50))]  # fmt: skip
+    return train_tokenizer(texts, vocab_size=vocab_size)
+
+
+def _save_tokenizer(path: Path, train: Dataset, corpus: list[str], vocab_size: int) -> None:
+    with atomic_directory(path) as tmp:
+        train_demo_tokenizer(train, corpus, vocab_size).save_pretrained(tmp)
+
+
+def _headline(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("rougeL", "exact_match", "exact_match_strict", "n", "ran_to_limit")}
+
+
+DEMO_OPS = (("replace", "cat", "owl"),)
+# `owl` is a held-out word: no train task uses it as a parameter, so only the instruction can name it.
+DEMO_INSTRUCTION = "In this task you are given a list of words separated by spaces. Replace every cat with owl."
+DEMO_INPUTS = ("cat dog sun", "apple cat boat cat", "bird moon cat", "fish cup", "cat cat kite drum rose")
+
+
+def _adapter_demo(model_dir: Path, adapter_dir: Path) -> dict:
+    """Generates an adapter for an instruction outside the train split (a held-out parameter word), saves it,
+    reloads it and runs it on 5 inputs; records each prediction beside its expected output, and the exact match."""
+    from ..data.prompts import format_instruction, format_student_input
+    from ..data.synthetic import chain_output
+    from ..modeling.adapter import GeneratedAdapter
+
+    model = TagiModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model.generate_adapter(format_instruction(DEMO_INSTRUCTION), tokenizer=tokenizer).save_pretrained(adapter_dir)
+    adapter = GeneratedAdapter.from_pretrained(adapter_dir)
+    enc = tokenizer([format_student_input(x) for x in DEMO_INPUTS], padding=True, return_tensors="pt")
+    ids = model.generate(**enc, adapter=adapter, max_new_tokens=24)
+    outputs = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    expected = [chain_output(DEMO_OPS, x) for x in DEMO_INPUTS]
+    rows = [{"input": i, "output": o.strip(), "expected": e} for i, o, e in zip(DEMO_INPUTS, outputs, expected)]
+    exact = 100.0 * sum(r["output"] == r["expected"] for r in rows) / len(rows)
+    return {"instruction": DEMO_INSTRUCTION, "adapter_dir": str(adapter_dir), "examples": rows, "exact_match": exact}
+
+
+def format_demo_table(summary: dict) -> str:
+    """The demo's results as a Markdown table (ROUGE-L, EM, strict EM on the held-out test tasks)."""
+    lines = ["| method | ROUGE-L | EM | strict EM | n |", "|---|---|---|---|---|"]
+    for name, m in summary["results"].items():
+        lines.append(
+            f"| {name} | {m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['exact_match_strict']:.1f} | {m['n']} |"
+        )
+    fit = summary.get("train_tasks_unseen_instances", {})
+    if fit:
+        lines += ["", "Fit: unseen instances of train tasks", "| model | ROUGE-L | EM | ran to limit | n |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['ran_to_limit']} | {m['n']} |"
+                  for name, m in fit.items()]  # fmt: skip
+    demo = summary["adapter_demo"]
+    lines += ["", f"Generated adapter for an unseen instruction (a held-out word): {demo['instruction']}",
+              "| input | prediction | expected |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['input']} | {r['output']} | {r['expected']} |" for r in demo["examples"]]
+    lines += [f"Exact match: {demo['exact_match']:.0f} % of {len(demo['examples'])}."]
+    if "seconds" in summary:
+        machine = summary["machine"]
+        lines += [
+            "",
+            f"Ran in {summary['seconds'] / 60:.1f} min on {machine['cpu_cores']} CPU cores ({machine['device']}).",
+        ]
+    return "\n".join(lines)

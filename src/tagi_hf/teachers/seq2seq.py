@@ -1,0 +1,54 @@
+"""Plain T5 fine-tuning as the teachers and the baseline run it: a private copy of the backbone, `Seq2SeqTrainer`."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5ForConditionalGeneration
+
+__all__ = ["Backbone", "group_indices", "load_backbone", "seq2seq_training_args", "train_seq2seq"]
+
+Backbone = str | os.PathLike | T5ForConditionalGeneration
+
+
+def load_backbone(backbone: Backbone) -> tuple[T5ForConditionalGeneration, str | None]:
+    """A private working copy of the backbone (the caller's model is never modified) and its name or path."""
+    if isinstance(backbone, T5ForConditionalGeneration):
+        return copy.deepcopy(backbone), backbone.name_or_path or None
+    return T5ForConditionalGeneration.from_pretrained(backbone), os.fspath(backbone)
+
+
+def seq2seq_training_args(
+    output_dir: str | Path, extra: Mapping[str, Any] | None, **kwargs
+) -> Seq2SeqTrainingArguments:
+    """`Seq2SeqTrainingArguments` with the teachers' defaults (no checkpoints, no reporting); `extra` wins."""
+    defaults = dict(output_dir=os.fspath(output_dir), report_to=[], use_cpu=not torch.cuda.is_available())
+    defaults.update(save_strategy="no", logging_steps=max(1, kwargs["max_steps"] // 10), data_seed=kwargs["seed"])
+    defaults["remove_unused_columns"] = False  # the collator reads the raw text columns
+    return Seq2SeqTrainingArguments(**{**defaults, **kwargs, **(extra or {})})
+
+
+def train_seq2seq(
+    model: nn.Module, args: Seq2SeqTrainingArguments, dataset: Dataset, collator, **train_kwargs
+) -> float:
+    """Trains `model` with `Seq2SeqTrainer`; returns the mean training loss."""
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    # T5's forward takes **kwargs, so Trainer would assume it scales its loss for gradient accumulation; it does not.
+    trainer.model_accepts_loss_kwargs = False
+    return trainer.train(**train_kwargs).training_loss
+
+
+def group_indices(dataset: Dataset, group_by: str) -> dict[str, list[int]]:
+    """`{key: row indices}` of `dataset` grouped by its `group_by` column."""
+    groups = defaultdict(list)
+    for index, key in enumerate(dataset[group_by]):
+        groups[key].append(index)
+    return dict(groups)
