@@ -226,3 +226,29 @@ def test_sampler_with_fewer_tasks_than_a_batch_needs_fills_the_batch():
 def test_sampler_refuses_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         TaskBalancedSampler(*args)
+
+
+def test_init_by_module_type_starts_from_the_backbone():
+    """`_init_weights` dispatches on TAGI's module types: B heads, fusion gates and pooling queries start at zero
+    (so a fresh model is its backbone), A heads at the scale PEFT gives A, fusion projections at 1/sqrt(d_model)."""
+    torch.manual_seed(0)
+    config = TagiConfig(text_config=tiny_text_config(d_model=64, d_ff=128), lora_rank=4, hypernet_hidden_size=256)
+    model = TagiModel(config)
+    generator = model.generator
+    assert all(torch.count_nonzero(p) == 0 for p in generator.heads_b.parameters())
+    assert torch.count_nonzero(generator.pooling.query) == 0
+    assert all(layer.gate.item() == 0 for layer in model.encoder_fusion)
+    assert torch.count_nonzero(model.decoder_gates.weight) == 0
+    head = generator.heads_a["q"]
+    d_in = head.out_features // config.lora_rank
+    assert head.weight.std().item() == pytest.approx((head.in_features * d_in) ** -0.5, rel=0.05)
+    assert torch.count_nonzero(head.bias) == 0
+    q = model.encoder_fusion[0].q.weight
+    assert q.std().item() == pytest.approx(64**-0.5, rel=0.1)
+    inputs = batch()
+    with torch.no_grad():
+        plain = model.backbone(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
+        ).logits
+        tagi = model(**inputs).logits
+    torch.testing.assert_close(tagi, plain, rtol=0, atol=0)

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..data import format_student_input, load_sni
-from ..modeling.lora import install_lora_layers, linear_target, set_lora_factors
+from ..modeling.lora import install_lora_layers, linear_target
+from ..modeling.task_state import TaskState, TaskStateSlots, use_task_state
 from .metrics import compute_metrics
 
 __all__ = [
@@ -104,25 +105,22 @@ def predict_with_teachers(
         raise ValueError("`rows` is empty: there is nothing to predict.")
     backbone.eval()
     records: list[dict[str, Any]] = []
-    installed = False
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            keys = [bank.key_for(r["task"], r["category"]) for r in chunk]
-            factors = bank.lora_factors(keys, device=backbone.device)
-            if not installed:
-                scaling = next(iter(factors.values())).scaling
-                if isinstance(scaling, torch.Tensor):
-                    raise ValueError("The teachers' `lora_alpha / r` differ; score them in groups of one scaling.")
-                install_lora_layers(backbone, [linear_target(backbone, n) for n in factors], scaling)
-                installed = True
-            set_lora_factors(backbone, {n: (f.A, f.B) for n, f in factors.items()})
-            enc = tokenizer([format_student_input(r["input"]) for r in chunk], padding=True, return_tensors="pt")
+    slots = None
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        keys = [bank.key_for(r["task"], r["category"]) for r in chunk]
+        factors = bank.lora_factors(keys, device=backbone.device)
+        if slots is None:
+            scaling = next(iter(factors.values())).scaling
+            if isinstance(scaling, torch.Tensor):
+                raise ValueError("The teachers' `lora_alpha / r` differ; score them in groups of one scaling.")
+            install_lora_layers(backbone, [linear_target(backbone, n) for n in factors], scaling)
+            slots = TaskStateSlots(lora={n: backbone.get_submodule(n) for n in factors})
+        enc = tokenizer([format_student_input(r["input"]) for r in chunk], padding=True, return_tensors="pt")
+        with use_task_state(slots, TaskState(lora={n: (f.A, f.B) for n, f in factors.items()})):
             out = backbone.generate(**enc.to(backbone.device), max_new_tokens=max_new_tokens, do_sample=False)
-            texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-            records += [_record(r, t) for r, t in zip(chunk, texts)]
-    finally:
-        set_lora_factors(backbone, None)
+        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+        records += [_record(r, t) for r, t in zip(chunk, texts)]
     return records
 
 

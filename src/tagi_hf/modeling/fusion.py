@@ -156,8 +156,6 @@ class InstructionCrossAttention(T5Attention):
 class DecoderFusionGates(nn.Module):
     """One scalar gate per decoder layer on the instruction part of the decoder's attention (zero at init)."""
 
-    _tagi_init = ("zeros", None)
-
     def __init__(self, num_layers: int):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(num_layers))

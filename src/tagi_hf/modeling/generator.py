@@ -37,8 +37,6 @@ class AttentionPooling(nn.Module):
         self.query = nn.Parameter(torch.zeros(num_slots, d_model))
         self.norm = nn.LayerNorm(d_model)
         self.key = nn.Linear(d_model, d_model, bias=False)
-        self.key._tagi_init = ("normal", d_model**-0.5)
-        self._tagi_init = ("query", None)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`(tasks, len, d)`, `(tasks, len)` -> `(tasks, slots, d)`."""
@@ -79,11 +77,6 @@ class AdapterGenerator(nn.Module):
         shapes = {t.projection: (t.in_features, t.out_features) for t in targets}
         self.heads_a = nn.ModuleDict({p: nn.Linear(hidden, self.rank * d_in) for p, (d_in, _) in shapes.items()})
         self.heads_b = nn.ModuleDict({p: nn.Linear(hidden, d_out * self.rank) for p, (_, d_out) in shapes.items()})
-        for proj, head in self.heads_a.items():
-            # A entries ~ N(0, 1/in): the scale PEFT's Kaiming init gives A.
-            head._tagi_init = ("normal", (hidden * shapes[proj][0]) ** -0.5)
-        for head in self.heads_b.values():
-            head._tagi_init = ("zeros", None)  # B = 0 -> the generated update starts at exactly zero
         self.register_buffer("_slot_ids", torch.tensor([self._slot_index[(t.kind, t.layer)] for t in targets]))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

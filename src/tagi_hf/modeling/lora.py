@@ -2,7 +2,7 @@
 
 Each target `nn.Linear` of the backbone has its class changed in place to [`GeneratedLoraLinear`], which keeps the
 parameter names (`...SelfAttention.q.weight`), so plain T5 checkpoints still load strictly. The factors of the
-current batch are set explicitly with [`set_lora_factors`] before a forward pass; the maths is PEFT's:
+current batch are installed for a call with [`use_task_state`]; the maths is PEFT's:
 `h = W0 x + (alpha / r) * B A x`.
 """
 
@@ -123,10 +123,3 @@ def install_lora_layers(backbone: nn.Module, targets: list[LoraTarget], scaling:
         module.__class__ = GeneratedLoraLinear
         module.lora_scaling = scaling
         module.lora_factors = None
-
-
-def set_lora_factors(backbone: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None) -> None:
-    """Sets (or, with `None`, clears) the factors of every installed [`GeneratedLoraLinear`]."""
-    for name, module in backbone.named_modules():
-        if isinstance(module, GeneratedLoraLinear):
-            module.lora_factors = None if factors is None else factors.get(name)

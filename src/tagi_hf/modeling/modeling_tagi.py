@@ -28,15 +28,17 @@ from transformers.utils import logging
 from .adapter import GeneratedAdapter, require_hub_package
 from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer, InstructionCrossAttention, encoder_fusion_hook, instruction_kv
-from .generator import AdapterGenerator, masked_mean
+from .generator import AdapterGenerator, AttentionPooling, masked_mean
 from .lora import install_lora_layers, lora_targets
 from .task_state import (
     AdapterFactors,
     TaskState,
     TaskStateCache,
+    TaskStateSlots,
     adapter_instruction_states,
     checkpointing_disabled,
     tensor_fingerprint,
+    use_task_state,
 )
 
 logger = logging.get_logger(__name__)
@@ -59,21 +61,27 @@ class TagiPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        spec = getattr(module, "_tagi_init", None)
-        if spec is None:
-            return super()._init_weights(module)
-        kind, std = spec
-        weight = getattr(module, "weight", None)
-        if kind == "zeros":
-            init.zeros_(weight)
-        elif kind == "normal":
-            init.normal_(weight, mean=0.0, std=std)
-        elif kind == "gate":
-            init.zeros_(module.gate)
-        elif kind == "query":
-            init.zeros_(module.query)
-        if getattr(module, "bias", None) is not None:
-            init.zeros_(module.bias)
+        """TAGI's own modules by type (children are initialised before their parent, so these override the defaults
+        given to their linears); everything else as transformers does."""
+        if isinstance(module, FusionLayer):
+            init.zeros_(module.gate)  # tanh(0) = 0: the backbone is the starting point
+            for proj in (module.q, module.k, module.v, module.o):
+                init.normal_(proj.weight, mean=0.0, std=proj.in_features**-0.5)
+        elif isinstance(module, DecoderFusionGates):
+            init.zeros_(module.weight)
+        elif isinstance(module, AttentionPooling):
+            init.zeros_(module.query)  # every slot starts as the masked mean
+            init.normal_(module.key.weight, mean=0.0, std=module.key.in_features**-0.5)
+        elif isinstance(module, AdapterGenerator):
+            for head in module.heads_a.values():  # A entries ~ N(0, 1/d_in): the scale PEFT's Kaiming init gives A
+                d_in = head.out_features // module.rank
+                init.normal_(head.weight, mean=0.0, std=(head.in_features * d_in) ** -0.5)
+                init.zeros_(head.bias)
+            for head in module.heads_b.values():  # B = 0: the generated update starts at exactly zero
+                init.zeros_(head.weight)
+                init.zeros_(head.bias)
+        else:
+            super()._init_weights(module)
 
 
 class TagiModel(TagiPreTrainedModel, GenerationMixin):
@@ -123,10 +131,6 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             FusionLayer(text.d_model, self.config.fusion_num_heads, text.layer_norm_epsilon)
             for _ in range(text.num_layers)
         )
-        for layer in self.encoder_fusion:
-            layer._tagi_init = ("gate", None)
-            for proj in (layer.q, layer.k, layer.v, layer.o):
-                proj._tagi_init = ("normal", text.d_model**-0.5)
         self.decoder_gates = DecoderFusionGates(text.num_decoder_layers)
         for block in self.backbone.encoder.block:
             block.tagi_fusion = None
@@ -222,12 +226,15 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         Returns states `(tasks, len, d_model)`, masked-mean pooled vectors `(tasks, d_model)` and the mask.
         """
         input_ids, attention_mask = self._truncate_instructions(input_ids, attention_mask)
-        self._install_task_state(None)
         encoder = self.backbone.encoder if self.instruction_encoder is None else self.instruction_encoder
         trainable = any(p.requires_grad for p in encoder.parameters())
         # Activation checkpointing would re-run these blocks during backward with the task state installed; a
         # frozen encoder needs no graph here at all, a trainable one is run without checkpointing.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable), checkpointing_disabled(encoder):
+        with (
+            use_task_state(self._task_state_slots(), None),  # the instruction is read without adapter or fusion
+            torch.set_grad_enabled(torch.is_grad_enabled() and trainable),
+            checkpointing_disabled(encoder),
+        ):
             states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return states, masked_mean(states, attention_mask), attention_mask
 
@@ -324,26 +331,22 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         if self.encoder_fusion is None:
             return TaskState(lora=factors)
         encoder_fusion = [layer.project_instruction(states, mask) for layer in self.encoder_fusion]
-        self._install_task_state(TaskState(lora=factors))  # the decoder's k/v of `I` use the generated adapter
-        decoder_fusion = [
-            instruction_kv(block.layer[1].EncDecAttention, states, mask) for block in self.backbone.decoder.block
-        ]
-        self._install_task_state(None)
+        with use_task_state(self._task_state_slots(), TaskState(lora=factors)):  # `I`'s k/v use the adapter
+            decoder_fusion = [
+                instruction_kv(block.layer[1].EncDecAttention, states, mask) for block in self.backbone.decoder.block
+            ]
         return TaskState(lora=factors, encoder_fusion=encoder_fusion, decoder_fusion=decoder_fusion)
 
-    def _install_task_state(self, state: TaskState | None) -> None:
-        for name, module in self._lora_modules.items():
-            module.lora_factors = None if state is None else state.lora.get(name)
+    def _task_state_slots(self) -> TaskStateSlots:
+        """Where [`use_task_state`] puts this model's task states."""
         if self.encoder_fusion is None:
-            return
-        for layer, block in enumerate(self.backbone.encoder.block):
-            fused = state is not None and state.encoder_fusion is not None
-            block.tagi_fusion = (self.encoder_fusion[layer], state.encoder_fusion[layer]) if fused else None
-        for layer, block in enumerate(self.backbone.decoder.block):
-            attention = block.layer[1].EncDecAttention
-            fused = state is not None and state.decoder_fusion is not None
-            attention.tagi_instruction = state.decoder_fusion[layer] if fused else None
-            attention.tagi_gate = self.decoder_gates.weight[layer] if fused else None
+            return TaskStateSlots(lora=self._lora_modules)
+        return TaskStateSlots(
+            lora=self._lora_modules,
+            encoder_blocks=list(zip(self.backbone.encoder.block, self.encoder_fusion)),
+            cross_attentions=[block.layer[1].EncDecAttention for block in self.backbone.decoder.block],
+            gates=self.decoder_gates.weight,
+        )
 
     def prepare_task_state(
         self,
@@ -398,8 +401,9 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
                 instruction_attention_mask=instruction_attention_mask,
                 batch_size=batch,
             )
-        self._install_task_state(task_state)
-        try:
+        # Activation checkpointing re-runs blocks during backward: the state stays until the next call then.
+        keep = self.is_activation_checkpointing and torch.is_grad_enabled()
+        with use_task_state(self._task_state_slots(), task_state, keep=keep):
             outputs = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -408,11 +412,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
                 decoder_attention_mask=decoder_attention_mask,
                 **kwargs,
             )
-            return TagiSeq2SeqLMOutput(**outputs, task_state=task_state if return_task_state else None)
-        finally:
-            # Activation checkpointing re-runs blocks during backward: keep the state until the next forward then.
-            if not (self.is_activation_checkpointing and torch.is_grad_enabled()):
-                self._install_task_state(None)
+        return TagiSeq2SeqLMOutput(**outputs, task_state=task_state if return_task_state else None)
 
     @torch.no_grad()
     def generate(
@@ -437,11 +437,8 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
                 instruction_attention_mask=instruction_attention_mask,
                 batch_size=input_ids.shape[0] if input_ids is not None else None,
             )
-        self._install_task_state(task_state)
-        try:
+        with use_task_state(self._task_state_slots(), task_state):
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-        finally:
-            self._install_task_state(None)
 
     # -------------------------------------------------------------------------------------------- adapters out
     @torch.no_grad()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -128,6 +128,47 @@ class TaskStateCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+@dataclass(frozen=True)
+class TaskStateSlots:
+    """Where a [`TaskState`] goes in a backbone for a call: the generated-LoRA linears by name and, with fusion, each
+    encoder block with its fusion layer, and each decoder cross-attention with the gates' tensor."""
+
+    lora: Mapping[str, nn.Module]
+    encoder_blocks: Sequence[tuple[nn.Module, nn.Module]] = ()  # (T5Block, FusionLayer) per encoder layer
+    cross_attentions: Sequence[nn.Module] = ()  # InstructionCrossAttention per decoder layer
+    gates: torch.Tensor | None = None  # (decoder layers,)
+
+    def _set(self, state: TaskState | None) -> None:
+        for name, module in self.lora.items():
+            module.lora_factors = None if state is None else state.lora.get(name)
+        encoder = state is not None and state.encoder_fusion is not None
+        for layer, (block, fusion) in enumerate(self.encoder_blocks):
+            block.tagi_fusion = (fusion, state.encoder_fusion[layer]) if encoder else None
+        decoder = state is not None and state.decoder_fusion is not None
+        for layer, attention in enumerate(self.cross_attentions):
+            attention.tagi_instruction = state.decoder_fusion[layer] if decoder else None
+            attention.tagi_gate = self.gates[layer] if decoder else None
+
+
+@contextlib.contextmanager
+def use_task_state(slots: TaskStateSlots, state: TaskState | None, *, keep: bool = False) -> Iterator[None]:
+    """Installs `state` (`None`: no adapter, no fusion) into the layers of `slots` for the block and removes it after,
+    also when the block raises. The one way anything (the model's forward, generate and task-state building, the
+    joint teachers, the teachers' scoring) puts per-task tensors into a backbone.
+
+    `keep=True` leaves the state installed after a normal exit: activation checkpointing re-runs blocks during
+    backward, which must see the same state (the next call installs its own).
+    """
+    slots._set(state)
+    try:
+        yield
+    except BaseException:
+        slots._set(None)
+        raise
+    if not keep:
+        slots._set(None)
 
 
 def tensor_fingerprint(tensors) -> tuple:

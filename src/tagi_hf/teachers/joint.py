@@ -27,6 +27,7 @@ from ..data import TagiDataCollator
 from ..modeling.adapter import ADAPTER_WEIGHTS, GeneratedAdapter
 from ..modeling.file_utils import atomic_directory
 from ..modeling.lora import install_lora_layers, linear_target
+from ..modeling.task_state import TaskState, TaskStateSlots, use_task_state
 from .bank import (
     GROUP_BY,
     TEACHER_INFO,
@@ -158,21 +159,19 @@ def _fit(model, modules, bank, tokenizer, dataset, groups, keys, group_by, max_s
     optimizer = _RowAdam(bank.parameters(), len(keys))
     generator = torch.Generator().manual_seed(seed)
     losses: dict[str, list[float]] = {k: [] for k in keys}
+    slots = TaskStateSlots(lora=modules)
     for step in range(max_steps):
         rows = dataset.select(_batch_rows(rows_by_key, batch_size, tasks_per_batch, generator)).to_list()
         batch = collator(rows)
         index = torch.tensor([key_index[row[group_by]] for row in rows])
-        for n, factors in bank.factors(index).items():
-            modules[n].lora_factors = factors
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        with use_task_state(slots, TaskState(lora=bank.factors(index))):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
         optimizer.step(index.unique(), lr * (1 - step / max_steps))  # linear decay to 0
         if step % max(1, max_steps // 10) == 0:
             logger.info(f"joint teachers: step {step}/{max_steps}, loss {out.loss.item():.4f}")
         for key in {row[group_by] for row in rows}:
             losses[key].append(out.loss.item())  # the mixed batch's loss, recorded for each key it held
-    for module in modules.values():
-        module.lora_factors = None
     return losses
 
 
