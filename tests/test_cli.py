@@ -9,6 +9,7 @@ from tagi_hf import GeneratedAdapter
 from tagi_hf.cli.main import SUBCOMMANDS, main
 from tagi_hf.data import format_instruction, load_sni, write_synthetic_suite
 from tagi_hf.evaluation.runner import load_for_evaluation, predict
+from tagi_hf.hub import load_adapters
 from test_predict import SNI_SAMPLE, save_tiny_models, write_rank_jsonl
 
 METRIC_KEYS = {"rougeL", "exact_match", "exact_match_strict", "n"}
@@ -172,12 +173,14 @@ def test_generate_adapter_instruction_file(dirs, tmp_path):
     out = tmp_path / "adapters"
     argv = ["generate-adapter", "--model", str(dirs["tagi"]), "--instruction-file", str(instructions)]
     assert main([*argv, "--out", str(out), "--setting", "raw"]) == 0
-    index = json.loads((out / "index.json").read_text())
-    assert [e["path"] for e in index] == ["adapter-000", "adapter-001"]
-    assert [GeneratedAdapter.from_pretrained(out / e["path"]).instruction for e in index] == [
-        "Sort the words.",
-        "Reverse the order of the words.",
-    ]
+    index = json.loads((out / "index.json").read_text())["adapters"]  # the layout of `save_adapters`
+    assert {name: entry["subfolder"] for name, entry in index.items()} == {
+        n: n for n in ["adapter-000", "adapter-001"]
+    }
+    loaded = load_adapters(out)
+    assert list(loaded) == ["adapter-000", "adapter-001"]
+    assert [a.instruction for a in loaded.values()] == ["Sort the words.", "Reverse the order of the words."]
+    assert (out / "README.md").is_file()
 
 
 def test_generate_adapter_refuses_a_t5_and_missing_examples(dirs, tmp_path, capsys):

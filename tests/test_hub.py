@@ -181,10 +181,7 @@ def test_push_generated_pushes_what_the_cli_wrote(hub_env, tmp_path):
     model, adapters = generated("none", base="tiny-t5")
     push_backbone(model)
     adapters[0].save_pretrained(tmp_path / "single")
-    for i, adapter in enumerate(adapters[:2]):  # the CLI's `--instruction-file` layout
-        adapter.save_pretrained(tmp_path / "many" / f"adapter-{i:03d}")
-    index = [{"index": i, "path": f"adapter-{i:03d}", "instruction": text} for i, text in enumerate(INSTRUCTIONS[:2])]
-    (tmp_path / "many" / "index.json").write_text(json.dumps(index))
+    save_adapters(adapters[:2], tmp_path / "many", names=["adapter-000", "adapter-001"])  # the CLI's layout
     before = tree_bytes(tmp_path)
 
     push_generated(tmp_path / "single", "test-user/single", base_model_name_or_path=BASE)

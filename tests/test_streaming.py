@@ -106,3 +106,9 @@ def test_a_crash_midway_keeps_the_previous_directory(tmp_path):
         generate_adapters_to_disk(model, tokenizer, crashing(), out, batch_size=2)
     assert _files(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_index_of_another_schema_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "index.json").write_text('[{"index": 0, "path": "adapter-000"}]')
+    with pytest.raises(ValueError, match="not a `save_adapters` index.*deleting its index.json"):
+        load_adapters(tmp_path)

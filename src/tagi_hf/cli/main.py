@@ -170,7 +170,7 @@ def _add_generate_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--instruction-file",
         help="One definition per line (blank lines skipped), or a .jsonl of {definition, positive_examples}: one "
-        "adapter each, in --out/adapter-000, ... with an index.json.",
+        "adapter each, in --out/adapter-000, ... with index.json and a card (the layout of `save_adapters`).",
     )
     parser.add_argument("--out", required=True, help="Adapter directory (or folder of adapter directories).")
     parser.add_argument(
@@ -229,7 +229,7 @@ def _instruction_file_entries(path: Path) -> list[dict[str, Any]]:
 
 def _run_generate_adapter(args: argparse.Namespace) -> int:
     from ..evaluation.runner import load_for_evaluation
-    from ..modeling.file_utils import atomic_write_text
+    from ..hub import save_adapters
 
     instructions = _read_instructions(args)
     model, tokenizer, kind = load_for_evaluation(args.model, device=args.device)
@@ -241,12 +241,8 @@ def _run_generate_adapter(args: argparse.Namespace) -> int:
         adapters[0].save_pretrained(out)
         print(f"Wrote the adapter to {out}")
         return _maybe_push(args, out)
-    index = []
-    for i, (adapter, instruction) in enumerate(zip(adapters, instructions)):
-        adapter.save_pretrained(out / f"adapter-{i:03d}")
-        index.append({"index": i, "path": f"adapter-{i:03d}", "instruction": instruction})
-    atomic_write_text(out / "index.json", json.dumps(index, indent=2, ensure_ascii=False) + "\n")
-    print(f"Wrote {len(adapters)} adapters and index.json to {out}")
+    save_adapters(adapters, out, names=[f"adapter-{i:03d}" for i in range(len(adapters))])
+    print(f"Wrote {len(adapters)} adapters, index.json and a card to {out}")
     return _maybe_push(args, out)
 
 

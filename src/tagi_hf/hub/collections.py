@@ -242,8 +242,10 @@ def load_adapters(path_or_repo_id: str | os.PathLike, *, revision: str | None = 
 
 
 def _index_subfolders(index: Any) -> dict[str, str]:
-    """`{name: subfolder}` of an `index.json`: ours (`{"adapters": {name: {"subfolder": ...}}}`) or a list of
-    `{"path": ...}` entries (what `tagi-hf generate-adapter --instruction-file` writes)."""
-    if isinstance(index, dict):
-        return {name: entry["subfolder"] for name, entry in index["adapters"].items()}
-    return {entry.get("name", entry["path"]): entry["path"] for entry in index}
+    """`{name: subfolder}` of an `index.json` written by [`save_adapters`] (`{"adapters": {name: {"subfolder"}}}`)."""
+    if not isinstance(index, dict) or not isinstance(index.get("adapters"), dict):
+        raise ValueError(
+            f'`{ADAPTERS_INDEX}` is not a `save_adapters` index (`{{"adapters": {{name: {{"subfolder": ...}}}}}}`); '
+            "a folder written by an older `tagi-hf generate-adapter` reads after deleting its index.json."
+        )
+    return {name: entry["subfolder"] for name, entry in index["adapters"].items()}
