@@ -227,10 +227,10 @@ def test_multitask_baseline_trains_saves_reloads_and_resumes(tmp_path, data, tok
     out = tmp_path / "baseline"
     kwargs = dict(max_steps=4, learning_rate=3e-3, max_source_length=128, max_target_length=32, save_steps=2)
 
-    def crash(_path):  # training finished, the final save fails: the checkpoints stay
+    def crash(*args, **kwargs):  # training finished, the final save fails: the checkpoints stay
         raise RuntimeError("crash")
 
-    monkeypatch.setattr(baseline_module, "atomic_directory", crash)
+    monkeypatch.setattr(baseline_module, "save_final_model", crash)
     with pytest.raises(RuntimeError):
         train_multitask_baseline(backbone, tokenizer, data, out, **kwargs)
     assert (out / "checkpoints" / "checkpoint-4").is_dir() and not (out / "config.json").exists()

@@ -29,8 +29,7 @@ from transformers import (
 )
 
 from ..data import PrefixLMCollator
-from ..modeling.file_utils import atomic_directory
-from ..training.checkpoints import last_complete_checkpoint
+from ..training.checkpoints import last_complete_checkpoint, save_final_model
 
 
 def standin_config(vocab_size: int, *, d_model: int = 128, num_layers: int = 3, num_heads: int = 4) -> T5Config:
@@ -98,9 +97,7 @@ def pretrain_standin(
         data_collator=PrefixLMCollator(tokenizer, seed=seed, boundary_probability=boundary_probability),
     )
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
-    with atomic_directory(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    save_final_model(trainer, output_dir, tokenizer=tokenizer)
     shutil.rmtree(args.output_dir, ignore_errors=True)
     return output_dir
 

@@ -31,6 +31,7 @@ from ..data.prompts import format_instruction, format_teacher_input
 from ..modeling.file_utils import atomic_directory, atomic_write_text
 from ..modeling.modeling_tagi import TagiModel
 from ..training.arguments import TagiTrainingArguments
+from ..training.checkpoints import save_final_model
 from ..training.trainer import TagiTrainer
 
 logger = logging.get_logger(__name__)
@@ -60,11 +61,7 @@ def train_tagi(
     )
     checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
-    with atomic_directory(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    return Path(output_dir)
+    return save_final_model(trainer, output_dir, tokenizer=tokenizer)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..data import Seq2SeqCollator, TagiDataCollator
-from ..modeling.file_utils import atomic_directory
+from ..training.checkpoints import save_final_model
 from .seq2seq import Backbone, load_backbone, seq2seq_training_args, train_seq2seq
 
 logger = logging.get_logger(__name__)
@@ -79,11 +79,9 @@ def train_multitask_baseline(
     args.update(per_device_train_batch_size=per_device_train_batch_size, save_strategy="steps" if save_steps else "no")
     args = seq2seq_training_args(checkpoints, extra=training_kwargs, **args)
     logger.info(f"Training the multi-task baseline ({setting}, {max_steps} steps, resuming from {last}).")
-    loss = train_seq2seq(
+    trainer, loss = train_seq2seq(
         model, args, train_dataset, Seq2SeqCollator(data_collator, "teacher"), resume_from_checkpoint=last
     )
-    with atomic_directory(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    save_final_model(trainer, output_dir, tokenizer=tokenizer)
     logger.info(f"Saved the multi-task baseline (train loss {loss:.4f}) to {output_dir}.")
     return output_dir

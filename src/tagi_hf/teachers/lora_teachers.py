@@ -46,7 +46,7 @@ def _train_teacher(model, lora_config: LoraConfig, dataset: Dataset, collator, p
     set_seed(args["seed"])  # the LoRA init depends on the seed only, not on the teachers trained before
     peft_model = get_peft_model(model, copy.deepcopy(lora_config))
     with tempfile.TemporaryDirectory() as scratch:
-        info["train_loss"] = train_seq2seq(peft_model, seq2seq_training_args(scratch, **args), dataset, collator)
+        _, info["train_loss"] = train_seq2seq(peft_model, seq2seq_training_args(scratch, **args), dataset, collator)
     with atomic_directory(path) as tmp:
         peft_model.save_pretrained(tmp)
         (tmp / TEACHER_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

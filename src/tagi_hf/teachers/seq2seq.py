@@ -38,12 +38,12 @@ def seq2seq_training_args(
 
 def train_seq2seq(
     model: nn.Module, args: Seq2SeqTrainingArguments, dataset: Dataset, collator, **train_kwargs
-) -> float:
-    """Trains `model` with `Seq2SeqTrainer`; returns the mean training loss."""
+) -> tuple[Seq2SeqTrainer, float]:
+    """Trains `model` with `Seq2SeqTrainer`; returns the trainer (to save with) and the mean training loss."""
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     # T5's forward takes **kwargs, so Trainer would assume it scales its loss for gradient accumulation; it does not.
     trainer.model_accepts_loss_kwargs = False
-    return trainer.train(**train_kwargs).training_loss
+    return trainer, trainer.train(**train_kwargs).training_loss
 
 
 def group_indices(dataset: Dataset, group_by: str) -> dict[str, list[int]]:
