@@ -9,6 +9,8 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
+from tagi_hf.data import TagiDataCollator
+from tagi_hf.modeling.instructions import tokenize_instructions, truncate_instruction_ids
 from tiny import batch, tiny_model, tiny_text_config, tiny_tokenizer
 
 FUSIONS = ["cross_attention", "none"]
@@ -247,16 +249,36 @@ def test_long_instruction_is_truncated_with_one_warning():
     assert adapters[0].instruction_states.shape[0] == 16
 
 
-def test_long_instruction_ids_are_truncated():
+def test_long_instruction_ids_are_truncated_keeping_eos():
     model = tiny_model("cross_attention", max_instruction_length=4)
     inputs = batch(ins=9)
     logits = _forward(model, inputs)
+    cut = inputs["instruction_input_ids"][:, :4].clone()
+    cut[:, -1] = model.config.text_config.eos_token_id  # every row is longer than 4: first 3 tokens + EOS
     short = dict(
-        inputs,
-        instruction_input_ids=inputs["instruction_input_ids"][:, :4],
-        instruction_attention_mask=inputs["instruction_attention_mask"][:, :4],
+        inputs, instruction_input_ids=cut, instruction_attention_mask=inputs["instruction_attention_mask"][:, :4]
     )
     torch.testing.assert_close(logits, _forward(model, short), rtol=0, atol=1e-6)
+
+
+def test_one_truncation_policy_for_instructions_in_collator_generate_adapter_and_forward():
+    """The collator, `generate_adapter` and the model's forward cut a long instruction to the same ids."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("cross_attention", max_instruction_length=6)
+    text = "sort the words then reverse the order of the words and keep only the first two words"
+    row = {"task": "t", "definition": text, "positive_examples": [], "input": "a b", "outputs": ["b a"]}
+    collator = TagiDataCollator(tokenizer, setting="def", max_instruction_length=6)
+    from_collator = collator([row])["instruction_input_ids"]
+    full = tokenizer([collator.instruction(row)], return_tensors="pt")["input_ids"]
+    assert full.shape[1] > 6
+    from_model, _ = truncate_instruction_ids(full, None, 6, tokenizer.eos_token_id)
+    from_generate, _ = tokenize_instructions(tokenizer, [collator.instruction(row)], 6)
+    assert from_collator.tolist() == from_model.tolist() == from_generate.tolist()
+    assert (
+        from_collator[0, -1].item() == tokenizer.eos_token_id and from_collator[0, :5].tolist() == full[0, :5].tolist()
+    )
+    adapter = model.generate_adapter(collator.instruction(row), tokenizer)
+    assert adapter.instruction_states.shape[0] == 6
 
 
 def test_tokenizer_larger_than_embedding_is_refused():

@@ -183,8 +183,10 @@ def test_instruction_modes_change_the_instruction_given_to_the_generator(loaded,
 def test_t5_instruction_modes(loaded, rows, monkeypatch):
     model, tokenizer, kind = loaded["t5"]
     seen = []
-    original = predict_module.format_teacher_input
-    monkeypatch.setattr(predict_module, "format_teacher_input", lambda i, x: seen.append(i) or original(i, x))
+    original = predict_module.in_context_ids
+    monkeypatch.setattr(
+        predict_module, "in_context_ids", lambda t, i, x, **k: seen.append(i) or original(t, i, x, **k)
+    )
     predict(model, tokenizer, rows, kind=kind, instruction_mode="generic", **QUICK)
     assert set(seen) == {format_instruction(GENERIC_DEFINITION)} and len(seen) == len(rows)
 

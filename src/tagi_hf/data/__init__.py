@@ -1,6 +1,13 @@
 """Data for TAGI: the Super-NaturalInstructions loader, the synthetic suite, prompt formats, tokenizer, collators."""
 
-from .collators import IGNORE_INDEX, PrefixLMCollator, PretrainingCollator, Seq2SeqCollator, TagiDataCollator
+from .collators import (
+    IGNORE_INDEX,
+    PrefixLMCollator,
+    PretrainingCollator,
+    Seq2SeqCollator,
+    TagiDataCollator,
+    in_context_ids,
+)
 from .prompts import format_instruction, format_student_input, format_teacher_input, parse_setting
 from .sampling import TaskBalancedSampler
 from .sni import SNI_FEATURES, load_sni
@@ -28,6 +35,7 @@ __all__ = [
     "format_instruction",
     "format_student_input",
     "format_teacher_input",
+    "in_context_ids",
     "load_sni",
     "parse_setting",
     "synthetic_corpus",

@@ -18,11 +18,32 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..modeling.instructions import tokenize_instructions
 from .prompts import TEACHER_BRIDGE, format_instruction, format_student_input, format_teacher_input, parse_setting
 
-__all__ = ["IGNORE_INDEX", "PrefixLMCollator", "PretrainingCollator", "Seq2SeqCollator", "TagiDataCollator"]
+__all__ = [
+    "IGNORE_INDEX",
+    "in_context_ids",
+    "PrefixLMCollator",
+    "PretrainingCollator",
+    "Seq2SeqCollator",
+    "TagiDataCollator",
+]
 
 IGNORE_INDEX = -100  # label padding: every loss and score in the package skips it
+
+
+def in_context_ids(tokenizer, instruction: str, input: str, *, max_length: int, max_input_length: int) -> list[int]:
+    """Token ids of an instance with its instruction in context ([`format_teacher_input`]): the one truncation rule
+    for in-context inputs (training the baseline, the L_kl teacher, evaluating in context). When the whole is longer
+    than `max_length`, the instruction is cut, never the instance (itself capped at `max_input_length` tokens)."""
+    ids = tokenizer(format_teacher_input(instruction, input))["input_ids"]
+    if len(ids) <= max_length:
+        return ids
+    tail_text = TEACHER_BRIDGE + format_student_input(input)
+    tail = tokenizer(tail_text, truncation=True, max_length=max_input_length)["input_ids"]
+    head = tokenizer(instruction.rstrip() + "\n\n", add_special_tokens=False)["input_ids"]
+    return head[: max_length - len(tail)] + tail
 
 
 @dataclass
@@ -102,18 +123,12 @@ class TagiDataCollator:
     def _encode(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         return self.tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
 
-    def _teacher_ids(self, instruction: str, input: str) -> list[int]:
-        """Token ids of a teacher input, cutting the instruction (not the instance) when it is too long."""
-        ids = self.tokenizer(format_teacher_input(instruction, input))["input_ids"]
-        if len(ids) <= self.max_teacher_length:
-            return ids
-        tail_text = TEACHER_BRIDGE + format_student_input(input)
-        tail = self.tokenizer(tail_text, truncation=True, max_length=self.max_input_length)["input_ids"]
-        head = self.tokenizer(instruction.rstrip() + "\n\n", add_special_tokens=False)["input_ids"]
-        return head[: self.max_teacher_length - len(tail)] + tail
-
     def _teacher(self, instructions: list[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        ids = [self._teacher_ids(instruction, row["input"]) for instruction, row in zip(instructions, rows)]
+        lengths = dict(max_length=self.max_teacher_length, max_input_length=self.max_input_length)
+        ids = [
+            in_context_ids(self.tokenizer, instruction, row["input"], **lengths)
+            for instruction, row in zip(instructions, rows)
+        ]
         padded = self.tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
         return {"teacher_input_ids": padded["input_ids"], "teacher_attention_mask": padded["attention_mask"]}
 
@@ -126,11 +141,14 @@ class TagiDataCollator:
         if not rows:
             raise ValueError("`rows` must hold at least one row.")
         instructions = [self.instruction(row) for row in rows]
-        instruction = self._encode(instructions, self.max_instruction_length)  # (batch, instruction_len)
+        # (batch, instruction_len), cut by the model's own policy (`truncate_instruction_ids`)
+        instruction_ids, instruction_mask = tokenize_instructions(
+            self.tokenizer, instructions, self.max_instruction_length
+        )
         student = self._encode([format_student_input(row["input"]) for row in rows], self.max_input_length)
         batch = {
-            "instruction_input_ids": instruction["input_ids"],
-            "instruction_attention_mask": instruction["attention_mask"],
+            "instruction_input_ids": instruction_ids,
+            "instruction_attention_mask": instruction_mask,
             "input_ids": student["input_ids"],  # (batch, input_len)
             "attention_mask": student["attention_mask"],
         }

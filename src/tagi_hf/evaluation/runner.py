@@ -25,8 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, T5ForCondit
 from transformers.utils import logging
 
 from .. import TagiModel
-from ..data import IGNORE_INDEX, format_student_input, format_teacher_input, load_sni, parse_setting
-from ..data.prompts import TEACHER_BRIDGE
+from ..data import IGNORE_INDEX, format_student_input, in_context_ids, load_sni, parse_setting
 from ..modeling.file_utils import atomic_write_text
 from ..modeling.instructions import check_tokenizer
 from .instruction_modes import INSTRUCTION_MODES, task_instructions
@@ -98,13 +97,7 @@ def _teacher_ids(tokenizer, instruction: str, input: str, max_instruction_length
     if not instruction:  # exactly the ids `_student_batch` gives a TAGI student, before padding
         return tokenizer(format_student_input(input), truncation=True, max_length=max_source_length)["input_ids"]
     limit = max_instruction_length + max_source_length
-    ids = tokenizer(format_teacher_input(instruction, input))["input_ids"]
-    if len(ids) <= limit:
-        return ids
-    tail_text = TEACHER_BRIDGE + format_student_input(input)
-    tail = tokenizer(tail_text, truncation=True, max_length=max_source_length)["input_ids"]
-    head = tokenizer(instruction.rstrip() + "\n\n", add_special_tokens=False)["input_ids"]
-    return head[: limit - len(tail)] + tail
+    return in_context_ids(tokenizer, instruction, input, max_length=limit, max_input_length=max_source_length)
 
 
 def _teacher_batch(

@@ -29,6 +29,26 @@ def validate_instructions(instructions: Sequence[str], *, allow_empty: bool = Fa
             raise ValueError(f"`instructions[{i}]` is empty or whitespace; an instruction must describe the task.")
 
 
+def truncate_instruction_ids(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int, eos_token_id: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one truncation policy for instructions, wherever they are tokenized (the collator, `generate_adapter`) or
+    arrive (the model's forward): a right-padded row longer than `max_length` keeps its first `max_length - 1` tokens
+    and ends with EOS (`max_length` tokens when there is no EOS), as a tokenizer's own truncation does. Warns once."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if input_ids.shape[1] <= max_length:
+        return input_ids, attention_mask
+    lengths = attention_mask.sum(1)
+    too_long = lengths > max_length
+    input_ids, attention_mask = input_ids[:, :max_length].clone(), attention_mask[:, :max_length]
+    if bool(too_long.any()):
+        logger.warning_once(f"Instructions longer than `max_instruction_length`={max_length} tokens are truncated.")
+        if eos_token_id is not None:
+            input_ids[too_long, -1] = eos_token_id
+    return input_ids, attention_mask
+
+
 def tokenize_instructions(
     tokenizer,
     instructions: Sequence[str],
@@ -37,17 +57,13 @@ def tokenize_instructions(
     *,
     allow_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenizes and right-pads instructions; longer ones are cut to `max_length` tokens (keeping EOS), with one
-    warning. Empty ones are refused unless `allow_empty` (`""` is then EOS alone). Returns `input_ids` and
-    `attention_mask`, both `(batch, len)`."""
+    """Tokenizes and right-pads instructions, cut by [`truncate_instruction_ids`]. Empty ones are refused unless
+    `allow_empty` (`""` is then EOS alone). Returns `input_ids` and `attention_mask`, both `(batch, len)`."""
     validate_instructions(instructions, allow_empty=allow_empty)
     encoded = tokenizer(list(instructions), add_special_tokens=True)["input_ids"]
-    if any(len(ids) > max_length for ids in encoded):
-        logger.warning_once(f"Instructions longer than `max_instruction_length`={max_length} tokens are truncated.")
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        encoded = [ids if len(ids) <= max_length else ids[: max_length - len(eos)] + eos for ids in encoded]
     longest = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id or 0
-    input_ids = torch.tensor([ids + [pad] * (longest - len(ids)) for ids in encoded], device=device)
-    attention_mask = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in encoded], device=device)
-    return input_ids, attention_mask
+    input_ids = torch.tensor([ids + [pad] * (longest - len(ids)) for ids in encoded])
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (longest - len(ids)) for ids in encoded])
+    input_ids, attention_mask = truncate_instruction_ids(input_ids, attention_mask, max_length, tokenizer.eos_token_id)
+    return input_ids.to(device), attention_mask.to(device)

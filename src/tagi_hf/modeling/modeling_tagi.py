@@ -29,6 +29,7 @@ from .adapter import GeneratedAdapter, require_hub_package
 from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer, InstructionCrossAttention, encoder_fusion_hook, instruction_kv
 from .generator import AdapterGenerator, AttentionPooling, masked_mean
+from .instructions import check_tokenizer, tokenize_instructions, truncate_instruction_ids
 from .lora import install_lora_layers, lora_targets
 from .task_state import (
     AdapterFactors,
@@ -225,7 +226,8 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
 
         Returns states `(tasks, len, d_model)`, masked-mean pooled vectors `(tasks, d_model)` and the mask.
         """
-        input_ids, attention_mask = self._truncate_instructions(input_ids, attention_mask)
+        limit, eos = self.config.max_instruction_length, self.config.text_config.eos_token_id
+        input_ids, attention_mask = truncate_instruction_ids(input_ids, attention_mask, limit, eos)
         encoder = self.backbone.encoder if self.instruction_encoder is None else self.instruction_encoder
         trainable = any(p.requires_grad for p in encoder.parameters())
         # Activation checkpointing would re-run these blocks during backward with the task state installed; a
@@ -237,15 +239,6 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         ):
             states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return states, masked_mean(states, attention_mask), attention_mask
-
-    def _truncate_instructions(self, input_ids, attention_mask):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        limit = self.config.max_instruction_length
-        if input_ids.shape[1] > limit:
-            logger.warning_once(f"Instructions longer than `max_instruction_length`={limit} tokens are truncated.")
-            input_ids, attention_mask = input_ids[:, :limit], attention_mask[:, :limit]
-        return input_ids, attention_mask
 
     def task_state_from_instructions(
         self, instruction_input_ids: torch.Tensor, instruction_attention_mask: torch.Tensor | None = None
@@ -446,8 +439,6 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         self, instructions: str | Sequence[str], tokenizer, *, batch_size: int = 64, allow_empty: bool = False
     ) -> GeneratedAdapter | list[GeneratedAdapter]:
         """Turns instruction text into [`GeneratedAdapter`]s (a generator forward per batch); `""` if `allow_empty`."""
-        from .instructions import check_tokenizer, tokenize_instructions
-
         single = isinstance(instructions, str)
         texts = [instructions] if single else list(instructions)
         check_tokenizer(tokenizer, self.config.text_config.vocab_size)
