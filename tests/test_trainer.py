@@ -279,3 +279,19 @@ def test_stage1_pretraining_runs_with_the_same_model_class(tmp_path):
     )
     trainer.train()
     assert len([e for e in trainer.state.log_history if "loss_pred" in e]) == 3
+
+
+def test_the_teacher_is_prepared_for_evaluation_as_accelerate_expects(tmp_path, monkeypatch):
+    """One process: moved to the device, frozen, in eval mode. Under FSDP: `prepare_model(evaluation_mode=True)`
+    (sharded like the student, never DDP-wrapped), not a bare `.to(device)`."""
+    trainer = _trainer(tmp_path)
+    teacher = trainer.teacher_model
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert next(teacher.parameters()).device == trainer.args.device
+    calls = []
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator, "prepare_model", lambda m, **k: calls.append(k) or m)
+    fresh = T5ForConditionalGeneration(teacher.config).train()
+    prepared = trainer._prepare_teacher(fresh)
+    assert calls == [{"evaluation_mode": True}]
+    assert prepared is fresh and not prepared.training and not any(p.requires_grad for p in prepared.parameters())

@@ -10,6 +10,7 @@ Each term is logged separately.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import torch
@@ -79,14 +80,25 @@ class TagiTrainer(Seq2SeqTrainer):
             raise ValueError("`lambda_ins` > 0 needs a `teacher_bank` of per-task LoRA teachers.")
         super().__init__(model=model, args=args, **kwargs)
         self.model_accepts_loss_kwargs = True  # so the Trainer counts the label tokens of the accumulated batch
-        self.teacher_model = teacher_model
-        if teacher_model is not None:
-            teacher_model.requires_grad_(False)
-            self.teacher_model = teacher_model.to(self.args.device).eval()
+        self.teacher_model = None if teacher_model is None else self._prepare_teacher(teacher_model)
         self.teacher_bank = teacher_bank
         if teacher_bank is not None:
             teacher_bank.check_compatible(self.accelerator.unwrap_model(model).backbone)
         self._loss_terms: dict[str, list[float]] = defaultdict(list)
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        """The frozen L_kl teacher, placed as accelerate expects a model used only in evaluation mode: under FSDP
+        sharded like the student (`prepare_model(evaluation_mode=True)`: wrapped, never DDP-wrapped); under DeepSpeed
+        an inference engine (ZeRO-3 shards it, stages 0-2 keep a full copy: they shard only optimizer state and
+        gradients, which a frozen model has none of); otherwise moved to the device."""
+        teacher.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            teacher = _deepspeed_inference_engine(teacher, self.accelerator)
+        elif self.is_fsdp_enabled:
+            teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        else:
+            teacher = teacher.to(self.args.device)
+        return teacher.eval()
 
     # ------------------------------------------------------------------------------------------------- losses
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
@@ -254,3 +266,16 @@ class TagiTrainer(Seq2SeqTrainer):
 
 def _student_factors(lora: dict[str, tuple[torch.Tensor, torch.Tensor]], scaling: float) -> dict[str, LoraFactors]:
     return {name: LoraFactors(a, b, scaling) for name, (a, b) in lora.items()}
+
+
+def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
+    """`model` as a DeepSpeed engine without optimizer, with the training run's precision and ZeRO-3 sharding."""
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    if config.get("zero_optimization", {}).get("stage", 0) != 3:
+        config["zero_optimization"] = {"stage": 0}
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine
