@@ -1,13 +1,17 @@
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, T5ForConditionalGeneration
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
+import tagi_hf
 from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
 from tagi_hf.data import TagiDataCollator
 from tagi_hf.modeling.instructions import tokenize_instructions, truncate_instruction_ids
@@ -177,6 +181,59 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_save_pretrained_ships_exactly_the_model_bundle(tmp_path):
+    """The remote code a saved model carries is the `tagi_hf/modeling` folder, no more (no Hub or card code whose
+    templates would be missing) and no less (every module the bundle needs)."""
+    tiny_model("cross_attention").save_pretrained(tmp_path)
+    bundle = {p.name for p in (Path(tagi_hf.__file__).parent / "modeling").glob("*.py")} - {"__init__.py"}
+    assert {p.name for p in tmp_path.glob("*.py")} == bundle
+
+
+def test_remote_code_user_generates_saves_and_reloads_an_adapter_without_the_package(tmp_path):
+    """The remote-code path the README promises, end to end in a process where `tagi_hf` cannot be imported."""
+    model = tiny_model("cross_attention")
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    expected = model.generate_adapter("Sort the words in alphabetical order.", tokenizer=tiny_tokenizer())
+    expected.save_pretrained(tmp_path / "expected")
+    script = f"""
+import sys
+sys.modules["tagi_hf"] = None  # the package is not importable in this process
+import torch
+from transformers import AutoModel, AutoTokenizer
+from peft import LoraConfig
+path = {str(tmp_path / "model")!r}
+model = AutoModel.from_pretrained(path, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+tokenizer = AutoTokenizer.from_pretrained(path)
+adapter = model.generate_adapter("Sort the words in alphabetical order.", tokenizer=tokenizer)
+adapter.save_pretrained({str(tmp_path / "out")!r})
+again = type(adapter).from_pretrained({str(tmp_path / "out")!r})
+assert again.instruction == "Sort the words in alphabetical order."
+for name, pair in adapter.lora_factors.items():
+    assert all(torch.equal(again.lora_factors[name][i], pair[i]) for i in (0, 1)), name
+assert LoraConfig.from_pretrained({str(tmp_path / "out")!r}).r == adapter.rank
+try:
+    adapter.push_to_hub("user/repo")
+except ImportError as error:
+    assert "needs the tagi-hf package" in str(error), error
+print("ok")
+"""
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+    out, reference = tmp_path / "out", tmp_path / "expected"
+    assert (out / "adapter_model.safetensors").read_bytes() == (reference / "adapter_model.safetensors").read_bytes()
+    configs = [json.loads((d / "adapter_config.json").read_text()) for d in (out, reference)]
+    for config in configs:  # PEFT keeps target_modules as a set: its order is the process's hash order
+        config["target_modules"] = sorted(config["target_modules"])
+    assert configs[0] == configs[1]
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == "tiny-t5"
+    assert "Sort the words in alphabetical order." in card.text
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, T5ForConditionalGeneration
 from transformers.utils import logging
 
-from .. import TagiModel
 from ..data import IGNORE_INDEX, format_student_input, in_context_ids, load_sni, parse_setting
+from ..modeling import TagiModel
 from ..modeling.file_utils import atomic_write_text
 from ..modeling.instructions import check_tokenizer
 from .instruction_modes import INSTRUCTION_MODES, task_instructions
