@@ -43,6 +43,7 @@ class GeneratedAdapter:
             by the fusion (`fusion="cross_attention"`); `None` for plain LoRA adapters.
         generator_config (`dict`): the generator's [`TagiConfig`] as a dict (provenance).
         generator_name_or_path / generator_revision (`str`, *optional*): where the generator came from.
+        task_type (`str`, defaults to `"SEQ_2_SEQ_LM"`): PEFT's task type: `"CAUSAL_LM"` for a decoder-only backbone.
 
     Example:
 
@@ -61,6 +62,7 @@ class GeneratedAdapter:
     generator_config: dict = field(default_factory=dict)
     generator_name_or_path: str | None = None
     generator_revision: str | None = None
+    task_type: str = "SEQ_2_SEQ_LM"
 
     @property
     def rank(self) -> int:
@@ -91,7 +93,7 @@ class GeneratedAdapter:
             target_modules=self.target_modules,
             lora_dropout=0.0,
             bias="none",
-            task_type="SEQ_2_SEQ_LM",
+            task_type=self.task_type,
             base_model_name_or_path=self.base_model_name_or_path,
         )
 
@@ -204,6 +206,7 @@ class GeneratedAdapter:
             generator_config=meta.get("generator_config", {}),
             generator_name_or_path=meta.get("generator_name_or_path"),
             generator_revision=meta.get("generator_revision"),
+            task_type=config.task_type or "SEQ_2_SEQ_LM",
         )
 
 

@@ -1,11 +1,15 @@
-"""Configuration of a TAGI model: a frozen T5 backbone (`text_config`) plus the adapter generator and fusion."""
+"""Configuration of a TAGI model: a frozen backbone (`text_config`: T5, or a decoder-only Llama / Qwen2 / Mistral LM)
+plus the adapter generator and fusion."""
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig, T5Config
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 FUSION_MODES = ("cross_attention", "none")
-ATTENTION_KINDS = ("encoder_self", "decoder_self", "decoder_cross")
+ATTENTION_KINDS = ("encoder_self", "decoder_self", "decoder_cross")  # T5's; a decoder-only LM has decoder_self only
+ENCODER_DECODER_TYPES = ("t5",)
+DECODER_ONLY_TYPES = ("llama", "qwen2", "mistral")  # same module names (model.layers.N.self_attn.{q,k,v,o}_proj)
 PROJECTIONS = ("q", "k", "v", "o")
 INSTRUCTION_ENCODERS = ("backbone", "separate")
 POOLING_MODES = ("mean", "attention")
@@ -69,7 +73,7 @@ class TagiConfig(PretrainedConfig):
     """
 
     model_type = "tagi"
-    sub_configs_defaults = {"text_config": T5Config}
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="t5")}
 
     text_config: dict | PretrainedConfig | None = None
     lora_rank: int = 8
@@ -93,12 +97,17 @@ class TagiConfig(PretrainedConfig):
         self.lora_target_modules = list(self.lora_target_modules)
         self.lora_attention_kinds = list(self.lora_attention_kinds)
         text = self.text_config
-        if getattr(text, "decoder_start_token_id", None) is None:
-            text.decoder_start_token_id = text.pad_token_id if text.pad_token_id is not None else 0
+        _check_backbone(text)
+        self.is_encoder_decoder = text.model_type in ENCODER_DECODER_TYPES
+        if self.is_encoder_decoder:
+            if getattr(text, "decoder_start_token_id", None) is None:
+                text.decoder_start_token_id = text.pad_token_id if text.pad_token_id is not None else 0
+        elif self.lora_attention_kinds == list(ATTENTION_KINDS):  # the default: every attention there is
+            self.lora_attention_kinds = ["decoder_self"]
         if self.fusion_num_heads is None:
-            self.fusion_num_heads = text.num_heads
+            self.fusion_num_heads = self.num_attention_heads
         if self.pooling_num_heads is None:
-            self.pooling_num_heads = text.num_heads
+            self.pooling_num_heads = self.num_attention_heads
         self._validate()
 
     def _validate(self) -> None:
@@ -112,17 +121,26 @@ class TagiConfig(PretrainedConfig):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
         _check_subset("lora_target_modules", self.lora_target_modules, PROJECTIONS)
-        _check_subset("lora_attention_kinds", self.lora_attention_kinds, ATTENTION_KINDS)
+        kinds = ATTENTION_KINDS if self.is_encoder_decoder else ("decoder_self",)
+        _check_subset("lora_attention_kinds", self.lora_attention_kinds, kinds)
         if self.max_instruction_length <= 0:
             raise ValueError(f"`max_instruction_length` must be positive, got {self.max_instruction_length!r}.")
-        if self.text_config.d_model % self.fusion_num_heads != 0:
-            raise ValueError(
-                f"`fusion_num_heads` ({self.fusion_num_heads}) must divide d_model ({self.text_config.d_model})."
-            )
-        if self.text_config.d_model % self.pooling_num_heads != 0:
-            raise ValueError(
-                f"`pooling_num_heads` ({self.pooling_num_heads}) must divide d_model ({self.text_config.d_model})."
-            )
+        for name in ("fusion_num_heads", "pooling_num_heads"):
+            if self.hidden_size % getattr(self, name) != 0:
+                raise ValueError(f"`{name}` ({getattr(self, name)}) must divide d_model ({self.hidden_size}).")
+
+    @property
+    def is_decoder_only(self) -> bool:
+        return not self.is_encoder_decoder
+
+    @property
+    def hidden_size(self) -> int:
+        """The backbone's model width (T5's `d_model`, a decoder-only LM's `hidden_size`)."""
+        return self.text_config.d_model if self.is_encoder_decoder else self.text_config.hidden_size
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.text_config.num_heads if self.is_encoder_decoder else self.text_config.num_attention_heads
 
     @property
     def lora_scaling(self) -> float:
@@ -131,8 +149,8 @@ class TagiConfig(PretrainedConfig):
 
     # Generation reads these from the top-level config of an encoder-decoder model.
     @property
-    def decoder_start_token_id(self) -> int:
-        return self.text_config.decoder_start_token_id
+    def decoder_start_token_id(self) -> int | None:
+        return getattr(self.text_config, "decoder_start_token_id", None)
 
     @property
     def pad_token_id(self) -> int | None:
@@ -151,3 +169,20 @@ def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> Non
     unknown = [v for v in values if v not in allowed]
     if unknown or not values:
         raise ValueError(f"`{name}` must be a non-empty subset of {allowed}, got {values!r}.")
+
+
+def _check_backbone(text: PretrainedConfig) -> None:
+    """Refuses backbones whose attention the generated LoRA and the fusion do not cover, naming the supported ones."""
+    supported = ENCODER_DECODER_TYPES + DECODER_ONLY_TYPES
+    if text.model_type not in supported:
+        raise ValueError(
+            f"TAGI does not support `{text.model_type}` backbones; supported: {', '.join(supported)} "
+            "(T5 as encoder-decoder; Llama / SmolLM, Qwen2 and Mistral as decoder-only LMs)."
+        )
+    if getattr(text, "use_sliding_window", False) or (
+        text.model_type == "mistral" and getattr(text, "sliding_window", None) is not None
+    ):
+        raise ValueError(
+            f"`{text.model_type}` with sliding-window attention is not supported (the instruction fusion assumes full "
+            "attention); set `sliding_window=None` / `use_sliding_window=False` if the checkpoint allows it."
+        )

@@ -162,9 +162,12 @@ class DecoderFusionGates(nn.Module):
 
 
 def encoder_fusion_hook(block: nn.Module, args, output):
-    """Forward hook on an encoder T5Block: applies the block's fusion layer when instruction state is set."""
+    """Forward hook on an encoder T5Block, or on a decoder-only LM's layer: applies the block's fusion layer to its
+    output hidden states when instruction state is set (`block.tagi_fusion = (FusionLayer, InstructionKV)`)."""
     fusion = getattr(block, "tagi_fusion", None)
     if fusion is None:
         return output
     layer, instruction = fusion
+    if isinstance(output, torch.Tensor):  # Llama-family layers return the hidden states alone
+        return layer(output, instruction)
     return (layer(output[0], instruction), *output[1:])

@@ -57,7 +57,7 @@ class AdapterGenerator(nn.Module):
 
     def __init__(self, config: TagiConfig, targets: list[LoraTarget]):
         super().__init__()
-        d_model, hidden, emb = config.text_config.d_model, config.hypernet_hidden_size, config.hypernet_embedding_size
+        d_model, hidden, emb = config.hidden_size, config.hypernet_hidden_size, config.hypernet_embedding_size
         self.rank = config.lora_rank
         self.targets = targets
         slots = sorted({(t.kind, t.layer) for t in targets})  # q and v of one attention module share a slot

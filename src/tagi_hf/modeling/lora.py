@@ -1,4 +1,4 @@
-"""Applying generated LoRA factors to a frozen T5, one adapter per example.
+"""Applying generated LoRA factors to a frozen backbone (T5 or a decoder-only LM), one adapter per example.
 
 Each target `nn.Linear` of the backbone has its class changed in place to [`GeneratedLoraLinear`], which keeps the
 parameter names (`...SelfAttention.q.weight`), so plain T5 checkpoints still load strictly. The factors of the
@@ -55,6 +55,8 @@ class LoraTarget:
 def lora_targets(config: TagiConfig) -> list[LoraTarget]:
     """Lists every adapted projection of the backbone, in a fixed order (kind, layer, projection)."""
     text = config.text_config
+    if config.is_decoder_only:
+        return _decoder_only_targets(config)
     inner = text.num_heads * text.d_kv
     num_layers = {"encoder_self": text.num_layers, "decoder_self": text.num_decoder_layers}
     num_layers["decoder_cross"] = text.num_decoder_layers
@@ -65,6 +67,24 @@ def lora_targets(config: TagiConfig) -> list[LoraTarget]:
                 d_in, d_out = (inner, text.d_model) if proj == "o" else (text.d_model, inner)
                 name = f"{_ATTENTION_PATHS[kind].format(layer=layer)}.{proj}"
                 targets.append(LoraTarget(name, kind, layer, proj, d_in, d_out))
+    return targets
+
+
+def _decoder_only_targets(config: TagiConfig) -> list[LoraTarget]:
+    """`model.layers.N.self_attn.{q,k,v,o}_proj` of a Llama-family LM (grouped-query k/v are narrower)."""
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    width = {"q": text.num_attention_heads * head_dim, "k": kv_heads * head_dim, "v": kv_heads * head_dim}
+    targets = []
+    for layer in range(text.num_hidden_layers):
+        for proj in config.lora_target_modules:
+            if proj == "o":
+                d_in, d_out = text.num_attention_heads * head_dim, text.hidden_size
+            else:
+                d_in, d_out = text.hidden_size, width[proj]
+            name = f"model.layers.{layer}.self_attn.{proj}_proj"
+            targets.append(LoraTarget(name, "decoder_self", layer, proj, d_in, d_out))
     return targets
 
 

@@ -84,67 +84,61 @@ class TagiPreTrainedModel(PreTrainedModel):
         else:
             super()._init_weights(module)
 
-
-class TagiModel(TagiPreTrainedModel, GenerationMixin):
-    r"""
-    TAGI: a hypernetwork reads a task's instruction and generates a LoRA adapter (plus instruction fusion) for a
-    frozen T5, so an unseen task needs no training data and no per-task training.
-
-    Example:
-
-    ```python
-    >>> from transformers import T5Config
-    >>> from tagi_hf import TagiConfig, TagiModel
-    >>> text = T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
-    >>> model = TagiModel(TagiConfig(text_config=text, lora_rank=4))
-    >>> model.num_trainable_parameters() < model.num_parameters()
-    True
-    ```
-    """
-
-    accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer must scale it for accumulation
-
-    def __init__(self, config: TagiConfig, backbone: T5ForConditionalGeneration | None = None):
+    def __init__(self, config: TagiConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
+        self._check_backbone_kind(config)
         # Task states of recently used adapters (see `TaskStateCache`; `model.task_state_cache.max_size = 0` turns
         # it off). Each entry holds the fusion's instruction keys/values: about 2 x layers x length x d_model floats.
         self.task_state_cache = TaskStateCache(max_size=8)
-        self.backbone = backbone if backbone is not None else T5ForConditionalGeneration(config.text_config)
+        self.backbone = backbone if backbone is not None else self._new_backbone(config.text_config)
         self.instruction_encoder = None
         if config.instruction_encoder == "separate":  # copied before the backbone gets LoRA layers and fusion hooks
-            self.instruction_encoder = copy.deepcopy(self.backbone.encoder)
+            self.instruction_encoder = copy.deepcopy(self._backbone_instruction_reader())
         targets = lora_targets(config)
         install_lora_layers(self.backbone, targets, config.lora_scaling)
         self._lora_modules = {t.name: self.backbone.get_submodule(t.name) for t in targets}
         self.generator = AdapterGenerator(config, targets)
-        self.encoder_fusion = self.decoder_gates = None
-        if config.fusion == "cross_attention":
-            self._build_fusion()
+        self._build_fusion()
         self.generation_config = self.backbone.generation_config
         self.post_init()
-        if self.instruction_encoder is not None:  # starts as the backbone's encoder (`post_init` may re-draw it)
-            self.instruction_encoder.load_state_dict(self.backbone.encoder.state_dict())
+        if self.instruction_encoder is not None:  # starts as the backbone's reader (`post_init` may re-draw it)
+            self.instruction_encoder.load_state_dict(self._backbone_instruction_reader().state_dict())
         self.backbone.requires_grad_(False)  # frozen by default; see `set_trainable`
 
+    # What a backbone family provides (`TagiModel`: T5; `TagiForCausalLM`: decoder-only LMs).
+    def _check_backbone_kind(self, config: TagiConfig) -> None:
+        raise NotImplementedError
+
+    def _new_backbone(self, text_config) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def _backbone_instruction_reader(self) -> nn.Module:
+        """The backbone's stack that reads instructions (without adapter) when there is no separate encoder."""
+        raise NotImplementedError
+
     def _build_fusion(self) -> None:
-        text = self.config.text_config
-        self.encoder_fusion = nn.ModuleList(
-            FusionLayer(text.d_model, self.config.fusion_num_heads, text.layer_norm_epsilon)
-            for _ in range(text.num_layers)
-        )
-        self.decoder_gates = DecoderFusionGates(text.num_decoder_layers)
-        for block in self.backbone.encoder.block:
-            block.tagi_fusion = None
-            block.register_forward_hook(encoder_fusion_hook)
-        for block in self.backbone.decoder.block:
-            block.layer[1].EncDecAttention.__class__ = InstructionCrossAttention
+        raise NotImplementedError
+
+    def _fusion_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _task_state_dependencies(self) -> list[nn.Parameter]:
+        """The model weights an adapter's task state is computed from (fusion projections, ...)."""
+        raise NotImplementedError
+
+    def _build_task_state(self, factors: AdapterFactors, states: torch.Tensor, mask: torch.Tensor) -> TaskState:
+        raise NotImplementedError
+
+    def _task_state_slots(self) -> TaskStateSlots:
+        """Where [`use_task_state`] puts this model's task states."""
+        raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> TagiModel:
-        """Loads a saved TagiModel; the backbone comes back frozen (loading would otherwise make it trainable).
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> TagiPreTrainedModel:
+        """Loads a saved TAGI model; the backbone comes back frozen (loading would otherwise make it trainable).
 
         A model saved without a separate instruction encoder and loaded with `instruction_encoder="separate"` gets
-        one copied from its backbone's encoder (so a stage-1 model can start a stage 2 with the new generator).
+        one copied from its backbone's instruction reader (a stage-1 model can start a stage 2 with the new generator).
         """
         wants_info = kwargs.pop("output_loading_info", False)
         try:
@@ -160,17 +154,20 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             key.startswith("instruction_encoder.") for key in info["missing_keys"]
         ):
             logger.info("No saved instruction encoder: it starts as a copy of the backbone's encoder.")
-            model.instruction_encoder.load_state_dict(model.backbone.encoder.state_dict())
+            model.instruction_encoder.load_state_dict(model._backbone_instruction_reader().state_dict())
         model.set_trainable()
         return (model, info) if wants_info else model
 
     @classmethod
-    def from_backbone(cls, name_or_path: str, *, backbone_kwargs: dict | None = None, **config_kwargs) -> TagiModel:
-        """Builds a TAGI model (fresh generator and fusion) around a pretrained T5 checkpoint (dir or Hub id).
+    def from_backbone(
+        cls, name_or_path: str, *, backbone_kwargs: dict | None = None, **config_kwargs
+    ) -> TagiPreTrainedModel:
+        """Builds a TAGI model (fresh generator and fusion) around a pretrained checkpoint (dir or Hub id), frozen.
 
+        `backbone_kwargs` reach the backbone's `from_pretrained` (e.g. `{"gguf_file": ...}`, `{"dtype": ...}`).
         Example: `TagiModel.from_backbone("google/t5-base-lm-adapt", lora_rank=32)`.
         """
-        backbone = T5ForConditionalGeneration.from_pretrained(name_or_path, **(backbone_kwargs or {}))
+        backbone = cls._backbone_auto_class.from_pretrained(name_or_path, **(backbone_kwargs or {}))
         config_kwargs.setdefault("base_model_name_or_path", str(name_or_path))
         config = TagiConfig(text_config=backbone.config, **config_kwargs)
         return cls(config, backbone=backbone)
@@ -183,10 +180,10 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
 
     def push_to_hub(self, repo_id: str, **kwargs) -> CommitInfo:
         """Pushes config, safetensors, remote code and a generated TAGI card in one commit (`import tagi_hf` then
-        loads it with `AutoModel`; `trust_remote_code=True` without the package). Keywords: see
+        loads it with its Auto class; `trust_remote_code=True` without the package). Keywords: see
         [`tagi_hf.hub.push_model_to_hub`] (`token`, `private`, `revision`, `license`, `model_card`, `tokenizer`, ...).
         """
-        return require_hub_package("TagiModel.push_to_hub").push_model_to_hub(self, repo_id, **kwargs)
+        return require_hub_package(f"{type(self).__name__}.push_to_hub").push_model_to_hub(self, repo_id, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- parameters
     def set_trainable(
@@ -195,9 +192,8 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         """Chooses explicitly which parts train. The paper trains the generator and the fusion only;
         `instruction_encoder` applies to the separate instruction encoder (`instruction_encoder="separate"`)."""
         self.generator.requires_grad_(generator)
-        for part in (self.encoder_fusion, self.decoder_gates):
-            if part is not None:
-                part.requires_grad_(fusion)
+        for part in self._fusion_modules():
+            part.requires_grad_(fusion)
         self.backbone.requires_grad_(backbone)
         if self.instruction_encoder is not None:
             self.instruction_encoder.requires_grad_(instruction_encoder)
@@ -205,7 +201,7 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
     def trainable_parameters_report(self) -> dict[str, int]:
         """Number of trainable parameters per part (`generator`, `fusion`, `instruction_encoder`, `backbone`) and
         in total."""
-        parts = {"generator": [self.generator], "fusion": [self.encoder_fusion, self.decoder_gates]}
+        parts = {"generator": [self.generator], "fusion": self._fusion_modules()}
         parts["instruction_encoder"] = [self.instruction_encoder]
         parts["backbone"] = [self.backbone]
         report = {
@@ -222,13 +218,15 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
     def encode_instructions(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Runs the instruction encoder (the backbone's encoder without adapter, or the separate one) on instructions.
+        """Runs the instruction encoder (the backbone's reader without adapter, or the separate one) on instructions.
 
         Returns states `(tasks, len, d_model)`, masked-mean pooled vectors `(tasks, d_model)` and the mask.
         """
         limit, eos = self.config.max_instruction_length, self.config.text_config.eos_token_id
         input_ids, attention_mask = truncate_instruction_ids(input_ids, attention_mask, limit, eos)
-        encoder = self.backbone.encoder if self.instruction_encoder is None else self.instruction_encoder
+        encoder = self.instruction_encoder
+        if encoder is None:
+            encoder = self._backbone_instruction_reader()
         trainable = any(p.requires_grad for p in encoder.parameters())
         # Activation checkpointing would re-run these blocks during backward with the task state installed; a
         # frozen encoder needs no graph here at all, a trainable one is run without checkpointing.
@@ -296,13 +294,129 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             raise ValueError(f"Adapter modules do not match this model's targets; differing: {missing[:4]}.")
         cast = dict(device=self.device, dtype=self.dtype)  # an adapter saved in float32 serves a bf16 model too
         factors = {n: tuple(adapter.lora_factors[n][i][None].to(**cast) for i in (0, 1)) for n in names}
-        if self.encoder_fusion is None:
+        if self.config.fusion == "none":
             state = TaskState(lora=factors)
         else:
             state = self._build_task_state(factors, *adapter_instruction_states(adapter, **cast))
         if cacheable:
             self.task_state_cache.put(adapter, fingerprint, state)
         return state
+
+    def _apply(self, fn, *args, **kwargs):
+        """`to`, `cuda`, `half`, ...: cached task states belong to the old weights."""
+        result = super()._apply(fn, *args, **kwargs)
+        if getattr(self, "task_state_cache", None) is not None:
+            self.task_state_cache.clear()
+        return result
+
+    def prepare_task_state(
+        self,
+        *,
+        adapter: GeneratedAdapter | Sequence[GeneratedAdapter] | None = None,
+        instruction_input_ids: torch.Tensor | None = None,
+        instruction_attention_mask: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> TaskState:
+        """The task state from either adapters or instruction ids (exactly one of them)."""
+        if (adapter is None) == (instruction_input_ids is None):
+            raise ValueError("Pass exactly one of `adapter` or `instruction_input_ids` to a TagiModel.")
+        if adapter is None:
+            return self.task_state_from_instructions(instruction_input_ids, instruction_attention_mask)
+        adapters = [adapter] if isinstance(adapter, GeneratedAdapter) else list(adapter)
+        if batch_size is not None and len(adapters) not in (1, batch_size):
+            raise ValueError(f"`adapter` holds {len(adapters)} adapters for a batch of {batch_size} examples.")
+        return self.task_state_from_adapters(adapters)
+
+    # -------------------------------------------------------------------------------------------- adapters out
+    @torch.no_grad()
+    def generate_adapter(
+        self, instructions: str | Sequence[str], tokenizer, *, batch_size: int = 64, allow_empty: bool = False
+    ) -> GeneratedAdapter | list[GeneratedAdapter]:
+        """Turns instruction text into [`GeneratedAdapter`]s (a generator forward per batch); `""` if `allow_empty`."""
+        single = isinstance(instructions, str)
+        texts = [instructions] if single else list(instructions)
+        check_tokenizer(tokenizer, self.config.text_config.vocab_size)
+        adapters, limit = [], self.config.max_instruction_length
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            ids, mask = tokenize_instructions(tokenizer, chunk, limit, self.device, allow_empty=allow_empty)
+            adapters.extend(self._adapters_from_ids(chunk, ids, mask))
+        return adapters[0] if single else adapters
+
+    def _adapters_from_ids(self, texts: list[str], ids: torch.Tensor, mask: torch.Tensor) -> list[GeneratedAdapter]:
+        states, _, mask = self.encode_instructions(ids, mask)
+        factors = self.generator(states, mask)
+        lengths = mask.sum(1).tolist()
+        generator_config = self.config.to_diff_dict()
+        generator_config.pop("text_config", None)
+        provenance = {
+            "lora_alpha": self.config.lora_alpha,
+            "base_model_name_or_path": self.config.base_model_name_or_path,
+            "generator_config": generator_config,
+            "generator_name_or_path": self.config.name_or_path or None,
+            "task_type": "SEQ_2_SEQ_LM" if self.config.is_encoder_decoder else "CAUSAL_LM",
+        }
+        return [
+            GeneratedAdapter(
+                lora_factors={n: (a[i].cpu(), b[i].cpu()) for n, (a, b) in factors.items()},
+                instruction=text,
+                instruction_states=None if self.config.fusion == "none" else states[i, : lengths[i]].cpu(),
+                **provenance,
+            )
+            for i, text in enumerate(texts)
+        ]
+
+
+class TagiModel(TagiPreTrainedModel, GenerationMixin):
+    r"""
+    TAGI: a hypernetwork reads a task's instruction and generates a LoRA adapter (plus instruction fusion) for a
+    frozen T5, so an unseen task needs no training data and no per-task training.
+
+    Example:
+
+    ```python
+    >>> from transformers import T5Config
+    >>> from tagi_hf import TagiConfig, TagiModel
+    >>> text = T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
+    >>> model = TagiModel(TagiConfig(text_config=text, lora_rank=4))
+    >>> model.num_trainable_parameters() < model.num_parameters()
+    True
+    ```
+    """
+
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer must scale it for accumulation
+    _backbone_auto_class = T5ForConditionalGeneration
+
+    def _check_backbone_kind(self, config: TagiConfig) -> None:
+        if not config.is_encoder_decoder:
+            raise ValueError(
+                f"TagiModel wraps T5; `{config.text_config.model_type}` is decoder-only: use TagiForCausalLM."
+            )
+
+    def _new_backbone(self, text_config) -> PreTrainedModel:
+        return T5ForConditionalGeneration(text_config)
+
+    def _backbone_instruction_reader(self) -> nn.Module:
+        return self.backbone.encoder
+
+    def _fusion_modules(self) -> list[nn.Module]:
+        return [m for m in (self.encoder_fusion, self.decoder_gates) if m is not None]
+
+    def _build_fusion(self) -> None:
+        self.encoder_fusion = self.decoder_gates = None
+        if self.config.fusion == "none":
+            return
+        text = self.config.text_config
+        self.encoder_fusion = nn.ModuleList(
+            FusionLayer(text.d_model, self.config.fusion_num_heads, text.layer_norm_epsilon)
+            for _ in range(text.num_layers)
+        )
+        self.decoder_gates = DecoderFusionGates(text.num_decoder_layers)
+        for block in self.backbone.encoder.block:
+            block.tagi_fusion = None
+            block.register_forward_hook(encoder_fusion_hook)
+        for block in self.backbone.decoder.block:
+            block.layer[1].EncDecAttention.__class__ = InstructionCrossAttention
 
     def _task_state_dependencies(self) -> list[nn.Parameter]:
         """The model weights an adapter's task state is computed from (fusion projections, decoder k/v)."""
@@ -312,13 +426,6 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
         for block in self.backbone.decoder.block:
             params.extend(block.layer[1].EncDecAttention.parameters())
         return params
-
-    def _apply(self, fn, *args, **kwargs):
-        """`to`, `cuda`, `half`, ...: cached task states belong to the old weights."""
-        result = super()._apply(fn, *args, **kwargs)
-        if getattr(self, "task_state_cache", None) is not None:
-            self.task_state_cache.clear()
-        return result
 
     def _build_task_state(self, factors: AdapterFactors, states: torch.Tensor, mask: torch.Tensor) -> TaskState:
         if self.encoder_fusion is None:
@@ -340,24 +447,6 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             cross_attentions=[block.layer[1].EncDecAttention for block in self.backbone.decoder.block],
             gates=self.decoder_gates.weight,
         )
-
-    def prepare_task_state(
-        self,
-        *,
-        adapter: GeneratedAdapter | Sequence[GeneratedAdapter] | None = None,
-        instruction_input_ids: torch.Tensor | None = None,
-        instruction_attention_mask: torch.Tensor | None = None,
-        batch_size: int | None = None,
-    ) -> TaskState:
-        """The task state from either adapters or instruction ids (exactly one of them)."""
-        if (adapter is None) == (instruction_input_ids is None):
-            raise ValueError("Pass exactly one of `adapter` or `instruction_input_ids` to a TagiModel.")
-        if adapter is None:
-            return self.task_state_from_instructions(instruction_input_ids, instruction_attention_mask)
-        adapters = [adapter] if isinstance(adapter, GeneratedAdapter) else list(adapter)
-        if batch_size is not None and len(adapters) not in (1, batch_size):
-            raise ValueError(f"`adapter` holds {len(adapters)} adapters for a batch of {batch_size} examples.")
-        return self.task_state_from_adapters(adapters)
 
     # ------------------------------------------------------------------------------------------- forward pass
     def forward(
@@ -432,41 +521,3 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             )
         with use_task_state(self._task_state_slots(), task_state):
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-
-    # -------------------------------------------------------------------------------------------- adapters out
-    @torch.no_grad()
-    def generate_adapter(
-        self, instructions: str | Sequence[str], tokenizer, *, batch_size: int = 64, allow_empty: bool = False
-    ) -> GeneratedAdapter | list[GeneratedAdapter]:
-        """Turns instruction text into [`GeneratedAdapter`]s (a generator forward per batch); `""` if `allow_empty`."""
-        single = isinstance(instructions, str)
-        texts = [instructions] if single else list(instructions)
-        check_tokenizer(tokenizer, self.config.text_config.vocab_size)
-        adapters, limit = [], self.config.max_instruction_length
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            ids, mask = tokenize_instructions(tokenizer, chunk, limit, self.device, allow_empty=allow_empty)
-            adapters.extend(self._adapters_from_ids(chunk, ids, mask))
-        return adapters[0] if single else adapters
-
-    def _adapters_from_ids(self, texts: list[str], ids: torch.Tensor, mask: torch.Tensor) -> list[GeneratedAdapter]:
-        states, _, mask = self.encode_instructions(ids, mask)
-        factors = self.generator(states, mask)
-        lengths = mask.sum(1).tolist()
-        generator_config = self.config.to_diff_dict()
-        generator_config.pop("text_config", None)
-        provenance = {
-            "lora_alpha": self.config.lora_alpha,
-            "base_model_name_or_path": self.config.base_model_name_or_path,
-            "generator_config": generator_config,
-            "generator_name_or_path": self.config.name_or_path or None,
-        }
-        return [
-            GeneratedAdapter(
-                lora_factors={n: (a[i].cpu(), b[i].cpu()) for n, (a, b) in factors.items()},
-                instruction=text,
-                instruction_states=None if self.encoder_fusion is None else states[i, : lengths[i]].cpu(),
-                **provenance,
-            )
-            for i, text in enumerate(texts)
-        ]
