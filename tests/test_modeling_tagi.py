@@ -15,6 +15,7 @@ import tagi_hf
 from tagi_hf import GeneratedAdapter, TagiConfig, TagiModel
 from tagi_hf.data import TagiDataCollator
 from tagi_hf.modeling.instructions import tokenize_instructions, truncate_instruction_ids
+from test_causal_lm import tiny_causal
 from tiny import batch, tiny_model, tiny_text_config, tiny_tokenizer
 
 FUSIONS = ["cross_attention", "none"]
@@ -186,9 +187,11 @@ print("ok")
 def test_save_pretrained_ships_exactly_the_model_bundle(tmp_path):
     """The remote code a saved model carries is the `tagi_hf/modeling` folder, no more (no Hub or card code whose
     templates would be missing) and no less (every module the bundle needs)."""
-    tiny_model("cross_attention").save_pretrained(tmp_path)
+    tiny_model("cross_attention").save_pretrained(tmp_path / "t5")
     bundle = {p.name for p in (Path(tagi_hf.__file__).parent / "modeling").glob("*.py")} - {"__init__.py"}
-    assert {p.name for p in tmp_path.glob("*.py")} == bundle
+    assert {p.name for p in (tmp_path / "t5").glob("*.py")} == bundle - {"modeling_tagi_causal.py"}
+    tiny_causal(fusion="cross_attention").save_pretrained(tmp_path / "causal")  # the causal model imports it all
+    assert {p.name for p in (tmp_path / "causal").glob("*.py")} == bundle
 
 
 def test_remote_code_user_generates_saves_and_reloads_an_adapter_without_the_package(tmp_path):

@@ -7,10 +7,10 @@ synthetic-suite pipeline; `cli/` is `tagi-hf`.
 
 import importlib
 
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from . import _compat
-from .modeling import GeneratedAdapter, TagiConfig, TagiModel, TaskState
+from .modeling import GeneratedAdapter, TagiConfig, TagiForCausalLM, TagiModel, TaskState
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,8 @@ AutoModel.register(TagiConfig, TagiModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(TagiConfig, TagiModel, exist_ok=True)
 TagiConfig.register_for_auto_class()
 TagiModel.register_for_auto_class("AutoModel")
+AutoModelForCausalLM.register(TagiConfig, TagiForCausalLM, exist_ok=True)
+TagiForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 _compat.install()
 
 # Imported on first use (they pull in `transformers.Trainer` and `datasets`): `from tagi_hf import TagiTrainer`.
@@ -44,6 +46,7 @@ __all__ = [
     "GeneratedAdapter",
     "TagiConfig",
     "TagiDataCollator",
+    "TagiForCausalLM",
     "TagiModel",
     "TagiTrainer",
     "TagiTrainingArguments",

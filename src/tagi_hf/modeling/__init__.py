@@ -9,6 +9,7 @@ here imports them (`tests/test_layout.py` checks both).
 from .adapter import GeneratedAdapter
 from .configuration_tagi import TagiConfig
 from .modeling_tagi import TagiModel
+from .modeling_tagi_causal import TagiForCausalLM
 from .task_state import TaskState, TaskStateCache
 
-__all__ = ["GeneratedAdapter", "TagiConfig", "TagiModel", "TaskState", "TaskStateCache"]
+__all__ = ["GeneratedAdapter", "TagiConfig", "TagiForCausalLM", "TagiModel", "TaskState", "TaskStateCache"]

@@ -1,0 +1,198 @@
+"""Decoder-only backbones (issue 15): TagiForCausalLM on tiny random Llama and Qwen2 models built in code."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, T5Config
+
+from tagi_hf import GeneratedAdapter, TagiConfig, TagiForCausalLM, TagiModel
+from tiny import tiny_tokenizer
+
+FAMILIES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+
+
+def text_config(family: str = "llama", vocab_size: int = 96):
+    return FAMILIES[family](
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=128,
+    )  # fmt: skip
+
+
+def tiny_causal(family: str = "llama", fusion: str = "none", seed: int = 0, **kwargs) -> TagiForCausalLM:
+    """A tiny TagiForCausalLM whose zero-initialised parts (B heads, gates) are perturbed so adapters matter."""
+    torch.manual_seed(seed)
+    config = TagiConfig(text_config=text_config(family), lora_rank=4, fusion=fusion, **kwargs)
+    model = TagiForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.generator.heads_b.parameters():
+            param.normal_(0, 0.2)
+        if model.layer_fusion is not None:
+            for layer in model.layer_fusion:
+                layer.gate.fill_(0.5)
+    return model
+
+
+def inputs(n: int = 3, length: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 96, (n, length), generator=g)
+    instruction = torch.randint(3, 96, (n, 6), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "instruction_input_ids": instruction}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generated_adapter_is_a_peft_causal_lm_lora_with_the_same_logits(family, tmp_path):
+    model = tiny_causal(family)
+    adapter = model.generate_adapter("Sort the words.", tokenizer=tiny_tokenizer())
+    assert sorted({name.rsplit(".", 1)[1] for name in adapter.lora_factors}) == ["q_proj", "v_proj"]
+    adapter.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and config["peft_type"] == "LORA"
+    assert GeneratedAdapter.from_pretrained(tmp_path / "adapter").task_type == "CAUSAL_LM"
+
+    ids = inputs()["input_ids"]
+    with torch.no_grad():
+        expected = model(input_ids=ids, adapter=adapter).logits
+        plain = AutoModelForCausalLM.from_config(model.config.text_config).eval()
+        plain.load_state_dict(model.backbone.state_dict())
+        base_logits = plain(input_ids=ids).logits
+        peft = PeftModel.from_pretrained(plain, tmp_path / "adapter").eval()
+        torch.testing.assert_close(peft(input_ids=ids).logits, expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(base_logits, expected, atol=1e-3)  # the adapter does something
+        merged = peft.merge_and_unload()
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["none", "cross_attention"])
+def test_per_example_adapters_are_isolated(fusion):
+    model = tiny_causal(fusion=fusion)
+    a, b = model.generate_adapter(["Sort the words.", "Reverse the order of the words."], tokenizer=tiny_tokenizer())
+    ids = inputs(n=2)["input_ids"]
+    with torch.no_grad():
+        mixed = model(input_ids=ids, adapter=[a, b]).logits
+        alone = torch.cat([model(input_ids=ids[:1], adapter=a).logits, model(input_ids=ids[1:], adapter=b).logits])
+        swapped = model(input_ids=ids, adapter=[b, a]).logits
+    torch.testing.assert_close(mixed, alone, rtol=0, atol=1e-5)
+    assert not torch.allclose(mixed, swapped, atol=1e-3)
+
+
+@pytest.mark.parametrize("fusion", ["none", "cross_attention"])
+def test_generate_greedy_beams_sampling_and_kv_cache(fusion):
+    model = tiny_causal(fusion=fusion)
+    batch = inputs(n=2)
+    adapters = model.generate_adapter(["Sort the words.", "Reverse the words."], tokenizer=tiny_tokenizer())
+    common = dict(input_ids=batch["input_ids"], adapter=adapters, max_new_tokens=5, pad_token_id=0)
+    cached = model.generate(**common, do_sample=False, use_cache=True)
+    uncached = model.generate(**common, do_sample=False, use_cache=False)
+    assert cached.shape == (2, 7 + 5) and torch.equal(cached[:, :7], batch["input_ids"])  # prompt + new tokens
+    assert torch.equal(cached, uncached)
+    one = model.generate(input_ids=batch["input_ids"][1:], adapter=adapters[1], max_new_tokens=5, do_sample=False)
+    assert torch.equal(cached[1:], one)  # the per-example adapter, not its neighbour's
+    beams = model.generate(**common, do_sample=False, num_beams=3, num_return_sequences=2)
+    assert beams.shape[0] == 4
+    torch.manual_seed(0)
+    sampled = model.generate(**common, do_sample=True, top_k=5)
+    assert sampled.shape == (2, 12)
+
+
+def test_instruction_ids_in_forward_match_a_generated_adapter():
+    model = tiny_causal(fusion="cross_attention")
+    tokenizer = tiny_tokenizer()
+    adapter = model.generate_adapter("Sort the words.", tokenizer=tokenizer)
+    instruction = tokenizer(["Sort the words."], return_tensors="pt")["input_ids"]
+    ids = inputs(n=1)["input_ids"]
+    with torch.no_grad():
+        from_ids = model(input_ids=ids, instruction_input_ids=instruction).logits
+        from_adapter = model(input_ids=ids, adapter=adapter).logits
+    torch.testing.assert_close(from_ids, from_adapter, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["none", "cross_attention"])
+def test_gradients_reach_only_generator_fusion_and_instruction_encoder(fusion):
+    model = tiny_causal(fusion=fusion).train()
+    batch = inputs()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    for name, param in model.named_parameters():
+        if name.startswith("backbone."):
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None, name
+    report = model.trainable_parameters_report()
+    assert report["backbone"] == 0 and (report["fusion"] > 0) == (fusion != "none")
+    assert report["instruction_encoder"] > 0  # the default: a trainable copy of the decoder stack
+
+
+def test_save_and_auto_load(tmp_path):
+    model = tiny_causal(fusion="cross_attention")
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
+        "modeling_tagi_causal.TagiForCausalLM"
+    )
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is TagiForCausalLM and loaded.trainable_parameters_report()["backbone"] == 0
+    batch = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+
+
+def test_remote_code_load_without_the_package(tmp_path):
+    model = tiny_causal(fusion="cross_attention")
+    model.save_pretrained(tmp_path / "model")
+    batch = inputs()
+    torch.save(batch, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        torch.save(model(**batch).logits, tmp_path / "expected.pt")
+    script = f"""
+import sys
+sys.modules["tagi_hf"] = None  # the package is not importable in this process
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    logits = model(**torch.load({str(tmp_path / "inputs.pt")!r})).logits
+print("ok", (logits - torch.load({str(tmp_path / "expected.pt")!r})).abs().max().item())
+"""
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    word, diff = result.stdout.split()[-2:]
+    assert word == "ok" and float(diff) <= 1e-6
+
+
+def test_k_and_o_by_config():
+    model = tiny_causal(lora_target_modules=["q", "k", "v", "o"])
+    adapter = model.generate_adapter("Sort.", tokenizer=tiny_tokenizer())
+    shapes = {
+        name.rsplit(".", 1)[1]: tuple(b.shape[0] for b in [pair[1]]) for name, pair in adapter.lora_factors.items()
+    }
+    assert shapes == {"q_proj": (32,), "k_proj": (16,), "v_proj": (16,), "o_proj": (32,)}  # grouped-query k/v
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: TagiConfig(text_config=GPT2Config(n_embd=32, n_layer=1, n_head=4)), "not support `gpt2`.*llama"),
+        (
+            lambda: TagiConfig(text_config=MistralConfig(hidden_size=32, num_attention_heads=4, sliding_window=16)),
+            "sliding-window attention is not supported",
+        ),
+        (lambda: TagiModel(TagiConfig(text_config=text_config())), "decoder-only: use TagiForCausalLM"),
+        (
+            lambda: TagiForCausalLM(TagiConfig(text_config=T5Config(d_model=32, num_heads=4, d_kv=8))),
+            "for T5 use TagiModel",
+        ),
+        (
+            lambda: TagiConfig(text_config=text_config(), lora_attention_kinds=["encoder_self"]),
+            "lora_attention_kinds",
+        ),
+    ],
+    ids=["gpt2", "sliding-window", "tagimodel-on-llama", "causal-on-t5", "encoder-kind"],
+)
+def test_unsupported_backbones_are_refused_naming_what_is_supported(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
