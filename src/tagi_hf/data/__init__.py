@@ -5,6 +5,7 @@ from .collators import (
     PrefixLMCollator,
     PretrainingCollator,
     Seq2SeqCollator,
+    TagiCausalDataCollator,
     TagiDataCollator,
     in_context_ids,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "WORDS",
     "SyntheticOp",
     "SyntheticTask",
+    "TagiCausalDataCollator",
     "TagiDataCollator",
     "TaskBalancedSampler",
     "apply_chain",

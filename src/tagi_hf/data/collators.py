@@ -27,6 +27,7 @@ __all__ = [
     "PrefixLMCollator",
     "PretrainingCollator",
     "Seq2SeqCollator",
+    "TagiCausalDataCollator",
     "TagiDataCollator",
 ]
 
@@ -186,6 +187,70 @@ class TagiDataCollator:
             "teacher_log_normalizer": normalizer,
             "teacher_temperature": temperature,
         }
+
+
+@dataclass
+class TagiCausalDataCollator(TagiDataCollator):
+    """
+    [`TagiDataCollator`] for a decoder-only backbone ([`TagiForCausalLM`]): the model reads prompt and output as one
+    sequence and learns only the output.
+
+    Returns, per row, right-padded:
+    - `instruction_input_ids`, `instruction_attention_mask`: the instruction, as for T5;
+    - `input_ids`, `attention_mask`: the student's prompt ([`format_student_input`], no instruction) followed by the
+      first reference output and EOS; `labels`: the same ids with `label_pad_token_id` everywhere but the output;
+    - `teacher_input_ids`, `teacher_attention_mask`, `teacher_labels` (with `teacher_inputs=True`): the instruction in
+      context ([`in_context_ids`]) followed by the same output tokens, so the teacher's output positions line up
+      one to one with the student's;
+    - `task_keys`, `task_categories`.
+    """
+
+    def _output_ids(self, row: Mapping[str, Any]) -> list[int]:
+        text = row["outputs"][0] if row["outputs"] else ""
+        ids = self.tokenizer(" " + text, add_special_tokens=False)["input_ids"][: self.max_target_length - 1]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def _sequences(self, prompts: list[list[int]], outputs: list[list[int]], prefix: str) -> dict[str, torch.Tensor]:
+        ids = [p + o for p, o in zip(prompts, outputs)]
+        padded = self.tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
+        labels = torch.full_like(padded["input_ids"], self.label_pad_token_id)
+        for i, (prompt, output) in enumerate(zip(prompts, outputs)):
+            labels[i, len(prompt) : len(prompt) + len(output)] = torch.tensor(output)
+        if self.tokenizer.padding_side == "left":
+            raise ValueError("TagiCausalDataCollator pads on the right: set `tokenizer.padding_side = 'right'`.")
+        return {
+            f"{prefix}input_ids": padded["input_ids"],
+            f"{prefix}attention_mask": padded["attention_mask"],
+            f"{prefix}labels": labels,
+        }
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("`rows` must hold at least one row.")
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no EOS token: the output would never end.")
+        instructions = [self.instruction(row) for row in rows]
+        instruction_ids, instruction_mask = tokenize_instructions(
+            self.tokenizer, instructions, self.max_instruction_length
+        )
+        outputs = [self._output_ids(row) for row in rows]
+        prompts = [
+            self.tokenizer(format_student_input(row["input"]), truncation=True, max_length=self.max_input_length)[
+                "input_ids"
+            ]
+            for row in rows
+        ]
+        batch = {"instruction_input_ids": instruction_ids, "instruction_attention_mask": instruction_mask}
+        batch.update(self._sequences(prompts, outputs, ""))
+        if self.teacher_inputs:
+            lengths = dict(max_length=self.max_teacher_length, max_input_length=self.max_input_length)
+            teacher = [
+                in_context_ids(self.tokenizer, t, row["input"], **lengths) for t, row in zip(instructions, rows)
+            ]
+            batch.update(self._sequences(teacher, outputs, "teacher_"))
+        batch["task_keys"] = [row["task"] for row in rows]
+        batch["task_categories"] = [row.get("category", "") for row in rows]
+        return batch
 
 
 @dataclass

@@ -93,7 +93,12 @@ class TagiConfig(PretrainedConfig):
     is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs):
+        given = self.text_config
+        attention = given._attn_implementation if isinstance(given, PretrainedConfig) else None
         super().__post_init__(**kwargs)
+        if attention is not None and self.text_config._attn_implementation is None:
+            # a loaded backbone's config shared with it: the composite's init resets its attention implementation
+            self.text_config._attn_implementation = attention
         self.lora_target_modules = list(self.lora_target_modules)
         self.lora_attention_kinds = list(self.lora_attention_kinds)
         text = self.text_config

@@ -37,6 +37,7 @@ TEACHER_KEYS = (
     "task_categories",
     "teacher_input_ids",
     "teacher_attention_mask",
+    "teacher_labels",  # decoder-only: where the output lies in the teacher's sequence
     "teacher_logits",
     *SPARSE_TEACHER_COLUMNS,
 )
@@ -106,16 +107,24 @@ class TagiTrainer(Seq2SeqTrainer):
         labels = inputs["labels"]
         outputs = model(**inputs, return_task_state=self.args.lambda_ins > 0)
         tokens = (labels != IGNORE_INDEX).sum()
-        terms = {"loss_pred": prediction_loss(outputs.logits, labels)}
+        logits = outputs.logits
+        causal = self.accelerator.unwrap_model(model).config.is_decoder_only
+        if causal:  # position t predicts token t + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        terms = {"loss_pred": prediction_loss(logits, labels)}
         if self.args.lambda_kl > 0 and "teacher_topk_ids" in extras:  # cached once (tagi_hf.training.teacher_logits)
+            if causal:
+                raise ValueError("Cached teacher logits are for T5 backbones; train a decoder-only TAGI live.")
             terms["loss_kl"] = sparse_distillation_kl_loss(
-                outputs.logits, self._sparse_teacher(extras), labels, self.args.kl_temperature
+                logits, self._sparse_teacher(extras), labels, self.args.kl_temperature
             )
         elif self.args.lambda_kl > 0:
             teacher_logits = extras.get("teacher_logits")
             if teacher_logits is None:
                 teacher_logits = self._teacher_logits(extras, labels)
-            terms["loss_kl"] = distillation_kl_loss(outputs.logits, teacher_logits, labels, self.args.kl_temperature)
+                if causal:
+                    teacher_logits = _aligned_teacher_logits(teacher_logits, extras["teacher_labels"], labels)
+            terms["loss_kl"] = distillation_kl_loss(logits, teacher_logits, labels, self.args.kl_temperature)
         if self.args.lambda_ins > 0:
             student = _student_factors(outputs.task_state.lora, self._scaling(model))
             terms["loss_ins"] = adapter_alignment_loss(
@@ -168,6 +177,10 @@ class TagiTrainer(Seq2SeqTrainer):
             raise ValueError(
                 "The batch has no `teacher_input_ids`; build it with `TagiDataCollator(teacher_inputs=True)`."
             )
+        if "teacher_labels" in extras:  # decoder-only: the LM with the instruction in context, no labels needed
+            return self.teacher_model(
+                input_ids=extras["teacher_input_ids"], attention_mask=extras["teacher_attention_mask"]
+            ).logits
         return self.teacher_model(
             input_ids=extras["teacher_input_ids"], attention_mask=extras["teacher_attention_mask"], labels=labels
         ).logits
@@ -262,6 +275,23 @@ class TagiTrainer(Seq2SeqTrainer):
             return loss, None, None
         inputs = {key: value for key, value in inputs.items() if key not in TEACHER_KEYS}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
+
+def _aligned_teacher_logits(
+    teacher_logits: torch.Tensor, teacher_labels: torch.Tensor, student_labels: torch.Tensor
+) -> torch.Tensor:
+    """A decoder-only teacher's logits moved onto the student's output positions. Both sequences end with the same
+    output tokens after different prompts: the k-th predicted output token of a row is the k-th in both.
+
+    teacher_logits `(batch, teacher_len, vocab)` (unshifted), teacher_labels `(batch, teacher_len)`, student_labels
+    `(batch, len - 1)` (already shifted) -> `(batch, len - 1, vocab)`, zeros off the output positions."""
+    logits, targets = teacher_logits[:, :-1], teacher_labels[:, 1:]
+    keep_t, keep_s = targets != IGNORE_INDEX, student_labels != IGNORE_INDEX
+    if not torch.equal(keep_t.sum(1), keep_s.sum(1)) or not torch.equal(targets[keep_t], student_labels[keep_s]):
+        raise ValueError("The teacher's output tokens differ from the student's: build both with one collator.")
+    aligned = logits.new_zeros(*student_labels.shape, logits.shape[-1])
+    aligned[keep_s] = logits[keep_t]
+    return aligned
 
 
 def _student_factors(lora: dict[str, tuple[torch.Tensor, torch.Tensor]], scaling: float) -> dict[str, LoraFactors]:
