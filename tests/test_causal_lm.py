@@ -11,6 +11,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, T5Config
 
 from tagi_hf import GeneratedAdapter, TagiConfig, TagiForCausalLM, TagiModel
+from tagi_hf.data import TagiCausalDataCollator
 from tiny import tiny_tokenizer
 
 FAMILIES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
@@ -210,3 +211,72 @@ def test_a_loaded_backbone_keeps_its_attention_implementation_when_wrapped(atten
         model = TagiForCausalLM(TagiConfig(text_config=backbone.config, fusion="none"), backbone=backbone).eval()
         assert backbone.config._attn_implementation == attention
         torch.testing.assert_close(model.backbone(input_ids=ids).logits, alone, rtol=0, atol=0)
+
+
+def _rows(n_tasks: int = 3, per_task: int = 4) -> list[dict]:
+    words = ["apple", "bird", "cat", "dog", "egg", "fig"]
+    rows = []
+    for t in range(n_tasks):
+        for i in range(per_task):
+            text = " ".join(words[(i + k) % 6] for k in range(3))
+            rows.append(
+                {"task": f"task{t}", "category": "c", "definition": f"Do thing number {t} to the words.",
+                 "positive_examples": [], "input": text, "outputs": [text.upper() if t else text[::-1]]}
+            )  # fmt: skip
+    return rows
+
+
+def test_causal_collator_puts_labels_on_the_output_only_and_aligns_the_teacher():
+    tokenizer = tiny_tokenizer()
+    collator = TagiCausalDataCollator(tokenizer, max_input_length=32, max_target_length=16)
+    rows = _rows(2, 1)
+    batch = collator(rows)
+    for i, row in enumerate(rows):
+        labels = batch["labels"][i]
+        output = tokenizer(" " + row["outputs"][0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert labels[labels != -100].tolist() == output
+        kept = batch["input_ids"][i][labels != -100].tolist()
+        assert kept == output  # the labels are the sequence's own output tokens (HF shifts them inside)
+        teacher = batch["teacher_labels"][i]
+        assert teacher[teacher != -100].tolist() == output
+        assert batch["teacher_input_ids"].shape[1] > batch["input_ids"].shape[1]  # the instruction is in context
+    assert batch["instruction_input_ids"].shape[0] == 2 and batch["task_keys"] == ["task0", "task1"]
+
+
+def test_teacher_logits_are_moved_onto_the_students_output_positions():
+    from tagi_hf.training.trainer import _aligned_teacher_logits
+
+    teacher_labels = torch.tensor([[-100, -100, -100, 7, 8]])  # prompt of 3, then output 7 8
+    student_labels = torch.tensor([[-100, 7, 8]])  # shifted: prompt of 1 (position 0 predicts 7)
+    logits = torch.arange(5 * 10, dtype=torch.float).view(1, 5, 10)
+    aligned = _aligned_teacher_logits(logits, teacher_labels, student_labels)
+    assert torch.equal(aligned[0, 1], logits[0, 2]) and torch.equal(aligned[0, 2], logits[0, 3])
+    assert torch.count_nonzero(aligned[0, 0]) == 0
+    with pytest.raises(ValueError, match="output tokens differ"):
+        _aligned_teacher_logits(logits, teacher_labels, torch.tensor([[-100, 7, 9]]))
+
+
+def test_tagi_trainer_trains_a_decoder_only_model_with_label_and_logit_distillation(tmp_path):
+    from datasets import Dataset
+
+    from tagi_hf.training import TagiTrainer, TagiTrainingArguments
+
+    model = tiny_causal(fusion="cross_attention").train()
+    teacher = AutoModelForCausalLM.from_config(model.config.text_config).eval()
+    teacher.load_state_dict(model.backbone.state_dict())
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    generator_before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    args = TagiTrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=3e-3, lambda_kl=0.5,
+        lambda_ins=0.0, logging_steps=1, save_strategy="no", use_cpu=True, report_to="none", seed=0,
+    )  # fmt: skip
+    collator = TagiCausalDataCollator(tiny_tokenizer(), max_input_length=32, max_target_length=16)
+    trainer = TagiTrainer(
+        model=model, args=args, teacher_model=teacher, train_dataset=Dataset.from_list(_rows()), data_collator=collator
+    )
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert all("loss_kl" in e and "loss_pred" in e for e in logs)
+    assert logs[-1]["loss_pred"] < logs[0]["loss_pred"]
+    assert all(torch.equal(v, backbone_before[k]) for k, v in model.backbone.state_dict().items())
+    assert any(not torch.equal(v, generator_before[k]) for k, v in model.generator.state_dict().items())
