@@ -182,3 +182,61 @@ def test_train_refuses_missing_teachers(workspace, capsys):
     )
     assert code == 2
     assert "`--lambda-kl` > 0 needs `--teacher`" in capsys.readouterr().err
+
+
+def test_the_recipe_accepts_a_decoder_only_backbone(workspace):
+    """train-baseline, train-teachers, train and evaluate on a tiny random Llama: the teachers are PEFT CAUSAL_LM
+    adapters, the baseline an in-context LM, the result a TagiForCausalLM (issue 15)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tagi_hf import TagiForCausalLM
+
+    w, sni = workspace, workspace / "sni"
+    tokenizer = AutoTokenizer.from_pretrained(w / "t5")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(w / "llama")
+    tokenizer.save_pretrained(w / "llama")
+    small = ["--max-steps", 2, "--batch-size", 4, "--max-train-instances-per-task", 4]
+    _run("train-baseline", "baseline.yaml", "--backbone", w / "llama", "--data-dir", sni, "--out", w / "lm-tk", *small)
+    _run(
+        "train-teachers", "teachers.yaml", "--backbone", w / "llama", "--data-dir", sni, "--out", w / "lm-teachers",
+        "--rank", 2, *small,
+    )  # fmt: skip
+    index = json.loads((w / "lm-teachers" / "teachers.json").read_text())
+    first = w / "lm-teachers" / index["teachers"][TRAIN_TASKS[0]]
+    assert json.loads((first / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    argv = [
+        "train",
+        "--backbone",
+        w / "llama",
+        "--data-dir",
+        sni,
+        "--teacher",
+        w / "lm-tk",
+        "--teachers",
+        w / "lm-teachers",
+        "--out",
+        w / "lm-tagi",
+        "--lora-rank",
+        2,
+        "--logging-steps",
+        1,
+        *small,
+    ]  # fmt: skip  (train.yaml names a stage-1 --model: T5 only)
+    assert main(list(map(str, argv))) == 0
+    trained = TagiForCausalLM.from_pretrained(w / "lm-tagi")
+    assert trained.config.text_config.model_type == "llama"
+    log = json.loads((w / "lm-tagi" / "training_log.json").read_text())
+    assert any({"loss_pred", "loss_kl", "loss_ins"} <= set(entry) for entry in log)
+    for model, name in ((w / "lm-tagi", "lm-metrics.json"), (w / "lm-tk", "lm-tk-metrics.json")):
+        _run(
+            "evaluate", "evaluate.yaml", "--model", model, "--data-dir", sni, "--output", w / name,
+            "--max-instances-per-task", 2, "--max-new-tokens", 4,
+        )  # fmt: skip
+        metrics = json.loads((w / name).read_text())
+        assert sorted(metrics["per_task"]) == sorted(TEST_TASKS)

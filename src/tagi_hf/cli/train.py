@@ -20,6 +20,10 @@ from pathlib import Path
 
 from .arguments import Subcommand, positive_int
 
+BACKBONE_HELP = (
+    "A T5 or decoder-only LM (Llama / SmolLM, Qwen2, Mistral) checkpoint (dir or Hub id) with its tokenizer."
+)
+
 
 def _add_common(parser: argparse.ArgumentParser, *, steps: int, lr: float, batch: int) -> None:
     parser.add_argument("--out", required=True, help="Output directory (written atomically when training ends).")
@@ -68,7 +72,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ train-baseline
 def _add_baseline(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="T5 checkpoint (dir or Hub id) with its tokenizer.")
+    parser.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     _add_data(parser)
     _add_common(parser, steps=1000, lr=5e-5, batch=8)
 
@@ -89,7 +93,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ train-teachers
 def _add_teachers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="T5 checkpoint (dir or Hub id) with its tokenizer.")
+    parser.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     _add_data(parser)
     _add_common(parser, steps=100, lr=1e-4, batch=8)
     parser.add_argument("--group-by", choices=("task", "category"), default="task", help="One teacher per ...")
@@ -112,7 +116,7 @@ def _run_teachers(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------------ pretrain
 def _add_pretrain(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="T5 checkpoint (dir or Hub id) with its tokenizer.")
+    parser.add_argument("--backbone", required=True, help=BACKBONE_HELP)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text-file", help="Local text: one document per line.")
     source.add_argument("--dataset", help="A `datasets` dataset with a `text` column (e.g. allenai/c4).")
@@ -146,13 +150,19 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer, set_seed
 
     from ..data import PretrainingCollator
-    from ..modeling.modeling_tagi import TagiModel
+    from ..modeling import TagiModel, tagi_class_for
     from ..recipes.synthetic import train_tagi
 
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
     set_seed(args.seed)  # the generator's initial weights are drawn here, before the Trainer seeds
-    model = TagiModel.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
-                                    fusion=args.fusion, **_generator_config(args))  # fmt: skip
+    tagi_class = tagi_class_for(args.backbone)
+    if tagi_class is not TagiModel:
+        raise ValueError(
+            "`tagi-hf pretrain` (stage 1, a|b|c segments) is written for T5 backbones; train a decoder-only TAGI "
+            "from `--backbone` with `tagi-hf train`."
+        )
+    model = tagi_class.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
+                                     fusion=args.fusion, **_generator_config(args))  # fmt: skip
     collator = PretrainingCollator(tokenizer, max_length=args.max_length, seed=args.seed)
     train_tagi(model, tokenizer, _pretraining_texts(args), args.out, _training_args(args, 0.0, 0.0),
                data_collator=collator)  # fmt: skip
@@ -164,7 +174,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 def _add_train(parser: argparse.ArgumentParser) -> None:
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--model", help="A TagiModel directory, e.g. the stage-1 checkpoint of `tagi-hf pretrain`.")
-    start.add_argument("--backbone", help="Start from scratch: a T5 checkpoint (no stage 1).")
+    start.add_argument("--backbone", help="Start from scratch (no stage 1): " + BACKBONE_HELP)
     _add_data(parser)
     parser.add_argument("--teacher", default=None, help="Logit teacher for L_kl (`tagi-hf train-baseline` output).")
     parser.add_argument("--teachers", default=None, help="LoRA teacher bank for L_ins (`tagi-hf train-teachers`).")
@@ -192,10 +202,10 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer, T5ForConditionalGeneration, set_seed
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, set_seed
 
-    from ..data import TagiDataCollator
-    from ..modeling.modeling_tagi import TagiModel
+    from ..data import collator_for
+    from ..modeling import tagi_class_for
     from ..recipes.synthetic import train_tagi
     from ..teachers.lora_teachers import TeacherBank
     from ..training.teacher_logits import teacher_or_cache
@@ -207,16 +217,18 @@ def _run_train(args: argparse.Namespace) -> int:
     source = args.model or args.backbone
     tokenizer = AutoTokenizer.from_pretrained(source)
     set_seed(args.seed)  # new generator weights are drawn here, before the Trainer seeds
+    tagi_class = tagi_class_for(source)  # TagiModel (T5) or TagiForCausalLM (Llama, Qwen2, Mistral)
     if args.model:  # generator flags given here change the saved model's (new parts start from the backbone)
-        model = TagiModel.from_pretrained(args.model, **_generator_config(args))
+        model = tagi_class.from_pretrained(args.model, **_generator_config(args))
     else:
-        model = TagiModel.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
+        model = tagi_class.from_backbone(args.backbone, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                         fusion=args.fusion, **_generator_config(args))  # fmt: skip
     if args.teacher_logits_top_k < 0:
         raise ValueError(f"`--teacher-logits-top-k` must be >= 0, got {args.teacher_logits_top_k}.")
-    collator = TagiDataCollator(tokenizer, setting=args.setting)
+    collator = collator_for(tokenizer, model.config, setting=args.setting)
     train = _train_split(args)
-    teacher = T5ForConditionalGeneration.from_pretrained(args.teacher) if args.lambda_kl > 0 else None
+    teacher_class = AutoModelForSeq2SeqLM if model.config.is_encoder_decoder else AutoModelForCausalLM
+    teacher = teacher_class.from_pretrained(args.teacher) if args.lambda_kl > 0 else None
     cache = Path(args.out).with_name(Path(args.out).name + "-teacher-logits")
     train, teacher = teacher_or_cache(teacher, train, collator, cache, top_k=args.teacher_logits_top_k,
                                       temperature=args.kl_temperature, batch_size=args.batch_size)  # fmt: skip

@@ -7,6 +7,7 @@ from .collators import (
     Seq2SeqCollator,
     TagiCausalDataCollator,
     TagiDataCollator,
+    collator_for,
     in_context_ids,
 )
 from .prompts import format_instruction, format_student_input, format_teacher_input, parse_setting
@@ -33,6 +34,7 @@ __all__ = [
     "TaskBalancedSampler",
     "apply_chain",
     "build_synthetic_tasks",
+    "collator_for",
     "chain_output",
     "format_instruction",
     "format_student_input",

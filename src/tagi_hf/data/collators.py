@@ -29,6 +29,7 @@ __all__ = [
     "Seq2SeqCollator",
     "TagiCausalDataCollator",
     "TagiDataCollator",
+    "collator_for",
 ]
 
 IGNORE_INDEX = -100  # label padding: every loss and score in the package skips it
@@ -253,6 +254,13 @@ class TagiCausalDataCollator(TagiDataCollator):
         return batch
 
 
+def collator_for(tokenizer: PreTrainedTokenizerBase, config, **kwargs) -> TagiDataCollator:
+    """The collator a backbone reads: [`TagiDataCollator`] for T5, [`TagiCausalDataCollator`] for a decoder-only LM
+    (`config`: the backbone's or a `TagiConfig`)."""
+    cls = TagiDataCollator if getattr(config, "is_encoder_decoder", False) else TagiCausalDataCollator
+    return cls(tokenizer, **kwargs)
+
+
 @dataclass
 class Seq2SeqCollator:
     """Keeps what a plain T5 forward reads from a [`TagiDataCollator`] batch: the student's or the teacher's source."""
@@ -266,7 +274,8 @@ class Seq2SeqCollator:
         return {
             "input_ids": batch[f"{prefix}input_ids"],  # (batch, src_len)
             "attention_mask": batch[f"{prefix}attention_mask"],  # (batch, src_len)
-            "labels": batch["labels"],  # (batch, tgt_len)
+            # T5: the decoder's targets; a decoder-only LM: its own sequence, labelled on the output only
+            "labels": batch.get(f"{prefix}labels", batch["labels"]),
         }
 
 

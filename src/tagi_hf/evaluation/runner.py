@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, T5ForConditionalGeneration
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, T5ForConditionalGeneration
 from transformers.utils import logging
 
 from ..data import IGNORE_INDEX, format_student_input, in_context_ids, load_sni, parse_setting
-from ..modeling import TagiModel
+from ..modeling import TagiModel, tagi_class_for
+from ..modeling.configuration_tagi import DECODER_ONLY_TYPES
 from ..modeling.file_utils import atomic_write_text
 from ..modeling.instructions import check_tokenizer
 from .instruction_modes import INSTRUCTION_MODES, task_instructions
@@ -34,7 +35,11 @@ from .rank_classification import ScoreFn, load_rank_classification_jsonl, option
 
 logger = logging.get_logger(__name__)
 
-MODEL_KINDS = ("tagi", "t5")
+MODEL_KINDS = (
+    "tagi",
+    "t5",
+    "causal_lm",
+)  # a TAGI model, or a plain T5 / decoder-only LM with the instruction in context
 IN_CONTEXT_INSTRUCTION_LENGTH = 1024
 """Instruction tokens an in-context T5 input may hold on top of `max_source_length` (the collator's default)."""
 
@@ -50,11 +55,12 @@ def load_for_evaluation(
 
     Args:
         path (`str` or `Path`): a directory holding a saved [`TagiModel`] (config `model_type` `"tagi"`) or a plain
-            `T5ForConditionalGeneration` (`"t5"`), and the tokenizer (`AutoTokenizer`).
+            `T5ForConditionalGeneration` (`"t5"`) or decoder-only LM (`"causal_lm"`: Llama, Qwen2, Mistral), and the
+            tokenizer (`AutoTokenizer`). A TAGI model is a [`TagiModel`] or [`TagiForCausalLM`] after its backbone.
         device (`str` or `torch.device`, *optional*): defaults to `"cuda"` when available, else `"cpu"`.
 
     Returns:
-        `tuple`: `(model, tokenizer, kind)` with `kind` `"tagi"` or `"t5"`.
+        `tuple`: `(model, tokenizer, kind)` with `kind` `"tagi"`, `"t5"` or `"causal_lm"`.
 
     Example: `model, tokenizer, kind = load_for_evaluation("runs/demo/tagi")`.
     """
@@ -63,11 +69,15 @@ def load_for_evaluation(
         raise ValueError(f"`{path}` is not a saved model directory: it has no config.json.")
     model_type = AutoConfig.from_pretrained(path).model_type
     if model_type == "tagi":
-        model, kind = TagiModel.from_pretrained(path), "tagi"
+        model, kind = tagi_class_for(path).from_pretrained(path), "tagi"
     elif model_type == "t5":
         model, kind = T5ForConditionalGeneration.from_pretrained(path), "t5"
+    elif model_type in DECODER_ONLY_TYPES:
+        model, kind = AutoModelForCausalLM.from_pretrained(path), "causal_lm"
     else:
-        raise ValueError(f"`{path}` holds a model of type {model_type!r}; expected 'tagi' (TagiModel) or 't5'.")
+        raise ValueError(
+            f"`{path}` holds a model of type {model_type!r}; expected 'tagi', 't5' or one of {DECODER_ONLY_TYPES}."
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_tokenizer(tokenizer, _vocab_size(model))
@@ -75,7 +85,7 @@ def load_for_evaluation(
 
 
 def _vocab_size(model: PreTrainedModel) -> int:
-    return model.config.text_config.vocab_size if isinstance(model, TagiModel) else model.config.vocab_size
+    return model.config.text_config.vocab_size if model.config.model_type == "tagi" else model.config.vocab_size
 
 
 # -------------------------------------------------------------------------------------------------------- checks
@@ -177,13 +187,23 @@ def _indices_by_task(rows: Sequence[Row]) -> dict[str, list[int]]:
 
 
 def _generate(model, tokenizer, instruction: str, inputs: list[str], state, max_source_length: int, generation: dict):
-    """Decoded, stripped outputs of one batch: TAGI with the task's state (input alone), T5 with the instruction."""
-    if state is not None:
-        batch = _student_batch(tokenizer, inputs, max_source_length, model.device)
-        output = model.generate(**batch, task_state=state, **generation)
-    else:
-        batch = _teacher_batch(tokenizer, [instruction] * len(inputs), inputs, max_source_length, model.device)
-        output = model.generate(**batch, **generation)
+    """Decoded, stripped outputs of one batch: TAGI with the task's state (input alone), a plain model with the
+    instruction in context. A decoder-only model gets left-padded prompts; its answer is the first line it writes
+    after the prompt."""
+    decoder_only = not model.config.is_encoder_decoder
+    side, tokenizer.padding_side = tokenizer.padding_side, "left" if decoder_only else tokenizer.padding_side
+    try:
+        if state is not None:
+            batch = _student_batch(tokenizer, inputs, max_source_length, model.device)
+            output = model.generate(**batch, task_state=state, **generation)
+        else:
+            batch = _teacher_batch(tokenizer, [instruction] * len(inputs), inputs, max_source_length, model.device)
+            output = model.generate(**batch, **generation)
+    finally:
+        tokenizer.padding_side = side
+    if decoder_only:
+        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [text.strip().split("\n")[0].strip() for text in texts]
     return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
 
 
@@ -306,6 +326,8 @@ def make_score_fn(
     per-row list, the input alone as source. T5: instruction and input in context.
     """
     _check_choice("kind", kind, MODEL_KINDS)
+    if not model.config.is_encoder_decoder:
+        raise ValueError("Rank classification is written for T5-based models; decoder-only models: use `predict`.")
     cache: dict[str, Any] = {}
 
     def adapters_for(instructions: list[str]) -> list:

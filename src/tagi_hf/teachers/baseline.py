@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from ..data import Seq2SeqCollator, TagiDataCollator
+from ..data import Seq2SeqCollator, collator_for
 from ..training.checkpoints import save_final_model
 from .seq2seq import Backbone, load_backbone, seq2seq_training_args, train_seq2seq
 
@@ -74,7 +74,9 @@ def train_multitask_baseline(
     last = get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
     model, _ = load_backbone(backbone)
     lengths = dict(max_input_length=max_source_length, max_teacher_length=max_source_length)
-    data_collator = TagiDataCollator(tokenizer, setting=setting, max_target_length=max_target_length, **lengths)
+    data_collator = collator_for(
+        tokenizer, model.config, setting=setting, max_target_length=max_target_length, **lengths
+    )
     args = dict(max_steps=max_steps, learning_rate=learning_rate, seed=seed, save_steps=save_steps or 500)
     args.update(per_device_train_batch_size=per_device_train_batch_size, save_strategy="steps" if save_steps else "no")
     args = seq2seq_training_args(checkpoints, extra=training_kwargs, **args)

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ..data import TagiDataCollator
+from ..data import collator_for
 from ..modeling.adapter import ADAPTER_WEIGHTS, GeneratedAdapter
 from ..modeling.file_utils import atomic_directory
 from ..modeling.lora import install_lora_layers, linear_target
@@ -103,7 +103,8 @@ def train_lora_teachers_jointly(
     bank = _LoraBank(modules, len(keys), rank)
     losses = _fit(model, modules, bank, tokenizer, train_dataset, groups, keys, group_by, max_steps, learning_rate,
                   batch_size, tasks_per_batch, seed, max_input_length, max_target_length)  # fmt: skip
-    _save(bank, groups, keys, group_by, Path(output_dir), name, alpha, losses)
+    task_type = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
+    _save(bank, groups, keys, group_by, Path(output_dir), name, alpha, losses, task_type)
     return TeacherBank.from_directory(output_dir)
 
 
@@ -153,7 +154,8 @@ def _batch_rows(groups: list[list[int]], batch_size: int, tasks_per_batch: int, 
 
 def _fit(model, modules, bank, tokenizer, dataset, groups, keys, group_by, max_steps, lr, batch_size, tasks_per_batch,
          seed, max_in, max_out):  # fmt: skip
-    collator = TagiDataCollator(tokenizer, teacher_inputs=False, max_input_length=max_in, max_target_length=max_out)
+    lengths = dict(max_input_length=max_in, max_target_length=max_out)
+    collator = collator_for(tokenizer, model.config, teacher_inputs=False, **lengths)
     key_index = {k: i for i, k in enumerate(keys)}
     rows_by_key = [groups[k] for k in keys]
     optimizer = _RowAdam(bank.parameters(), len(keys))
@@ -175,12 +177,12 @@ def _fit(model, modules, bank, tokenizer, dataset, groups, keys, group_by, max_s
     return losses
 
 
-def _save(bank, groups, keys, group_by, output_dir: Path, name, alpha, losses) -> None:
+def _save(bank, groups, keys, group_by, output_dir: Path, name, alpha, losses, task_type: str) -> None:
     index = open_teacher_index(output_dir, group_by, name)
     for i, key in enumerate(keys):
         adapter = GeneratedAdapter(
             lora_factors={n: (a[i].detach(), b[i].detach()) for n, a, b in zip(bank.names, bank.a, bank.b)},
-            lora_alpha=alpha, base_model_name_or_path=name,
+            lora_alpha=alpha, base_model_name_or_path=name, task_type=task_type,
         )  # fmt: skip
         info = {"key": key, "group_by": group_by, "num_instances": len(groups[key]), "trained": "jointly"}
         if losses[key]:

@@ -12,18 +12,28 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    PreTrainedModel,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+)
 
 __all__ = ["Backbone", "group_indices", "load_backbone", "seq2seq_training_args", "train_seq2seq"]
 
-Backbone = str | os.PathLike | T5ForConditionalGeneration
+Backbone = str | os.PathLike | PreTrainedModel  # a T5 or a decoder-only LM
 
 
-def load_backbone(backbone: Backbone) -> tuple[T5ForConditionalGeneration, str | None]:
-    """A private working copy of the backbone (the caller's model is never modified) and its name or path."""
-    if isinstance(backbone, T5ForConditionalGeneration):
+def load_backbone(backbone: Backbone) -> tuple[PreTrainedModel, str | None]:
+    """A private working copy of the backbone (the caller's model is never modified) and its name or path; a path
+    loads as a T5 or as a decoder-only LM after its config."""
+    if isinstance(backbone, PreTrainedModel):
         return copy.deepcopy(backbone), backbone.name_or_path or None
-    return T5ForConditionalGeneration.from_pretrained(backbone), os.fspath(backbone)
+    config = AutoConfig.from_pretrained(backbone)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    return auto.from_pretrained(backbone), os.fspath(backbone)
 
 
 def seq2seq_training_args(
