@@ -280,3 +280,38 @@ def test_tagi_trainer_trains_a_decoder_only_model_with_label_and_logit_distillat
     assert logs[-1]["loss_pred"] < logs[0]["loss_pred"]
     assert all(torch.equal(v, backbone_before[k]) for k, v in model.backbone.state_dict().items())
     assert any(not torch.equal(v, generator_before[k]) for k, v in model.generator.state_dict().items())
+
+
+def test_a_causal_lm_adapter_pushes_to_the_hub_and_peft_loads_it_from_there(hub_env):
+    """Push and pull as for T5: one commit, a card with `library_name: peft` and `base_model`, PEFT loads it."""
+    import dataclasses
+
+    from huggingface_hub import ModelCard, hf_hub_download
+
+    model = tiny_causal()
+    plain = AutoModelForCausalLM.from_config(model.config.text_config).eval()
+    plain.load_state_dict(model.backbone.state_dict())
+    plain.push_to_hub("test-user/tiny-llama")
+    adapter = model.generate_adapter("Sort the words.", tokenizer=tiny_tokenizer())
+    adapter = dataclasses.replace(adapter, base_model_name_or_path="test-user/tiny-llama")
+    adapter.push_to_hub("test-user/sort-adapter")
+    card = ModelCard.load(hf_hub_download("test-user/sort-adapter", "README.md"))
+    assert card.data.library_name == "peft" and card.data.base_model == "test-user/tiny-llama"
+    base = AutoModelForCausalLM.from_pretrained("test-user/tiny-llama").eval()
+    peft = PeftModel.from_pretrained(base, "test-user/sort-adapter").eval()
+    ids = inputs()["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(peft(input_ids=ids).logits, model(input_ids=ids, adapter=adapter).logits,
+                                   rtol=0, atol=1e-5)  # fmt: skip
+
+
+def test_cards_of_a_decoder_only_generator_and_adapter_name_the_causal_classes():
+    from tagi_hf.hub import adapter_model_card, generator_model_card
+
+    model = tiny_causal(fusion="cross_attention")
+    card = str(generator_model_card(model))
+    assert "AutoModelForCausalLM.from_pretrained" in card and "decoder-only LM" in card
+    assert "hidden size 32, 2 layers" in card and "- llama" in card
+    adapter = str(adapter_model_card(model.generate_adapter("Sort.", tokenizer=tiny_tokenizer())))
+    assert "AutoModelForCausalLM.from_pretrained" in adapter and "AutoPeftModelForCausalLM" in adapter
+    assert "Seq2Seq" not in adapter

@@ -166,7 +166,7 @@ def test_cached_rendering_equals_hub_from_template():
     kwargs = dict(
         instruction=adapter.instruction, base_model=BASE, repo=None, subfolder=None, rank=adapter.rank,
         lora_alpha=adapter.lora_alpha, num_modules=2, modules="encoder self-attention (q, v)", fusion=False,
-        generator="me/tagi-gen", generator_revision="0123abc",
+        generator="me/tagi-gen", generator_revision="0123abc", auto_class="AutoModelForSeq2SeqLM",
     )  # fmt: skip
     data = _card_data("peft", BASE, [*TAGI_TAGS, "generated-adapter"], None)
     hub = ModelCard.from_template(

@@ -72,6 +72,11 @@ def modules_summary(module_names: Sequence[str]) -> str:
     return "; ".join(f"{kind} ({', '.join(sorted(projections))})" for kind, projections in found.items())
 
 
+def _auto_class(task_type: str | None) -> str:
+    """The transformers Auto class a PEFT adapter's base loads with."""
+    return "AutoModelForCausalLM" if task_type == "CAUSAL_LM" else "AutoModelForSeq2SeqLM"
+
+
 def _one_line(text: str | None, width: int = 100) -> str:
     """An instruction squeezed into a Markdown table cell."""
     flat = " ".join((text or "").split()).replace("|", "\\|")
@@ -105,6 +110,7 @@ def adapter_model_card(
         fusion=adapter.has_fusion,
         generator=adapter.generator_name_or_path,
         generator_revision=adapter.generator_revision,
+        auto_class=_auto_class(adapter.task_type),
     )
 
 
@@ -125,6 +131,7 @@ def adapters_model_card(
         generators=[{"name": name, "revision": revision} for name, revision in generators],
         fusion=any(a.has_fusion for a in adapters.values()),
         first=next(iter(adapters)),
+        auto_class=_auto_class(next(iter(adapters.values())).task_type),
     )
 
 
@@ -139,7 +146,9 @@ def generator_model_card(
     config = model.config
     base = config.base_model_name_or_path or None
     count = lambda part: sum(p.numel() for p in part.parameters()) if part is not None else 0  # noqa: E731
-    data = _card_data("transformers", base, [*TAGI_TAGS, "adapter-generator", "t5", *tags], license)
+    text = config.text_config
+    data = _card_data("transformers", base, [*TAGI_TAGS, "adapter-generator", text.model_type, *tags], license)
+    fusion = [getattr(model, name, None) for name in ("encoder_fusion", "decoder_gates", "layer_fusion")]
     return _render(
         "generator_card.md",
         data,
@@ -148,9 +157,10 @@ def generator_model_card(
         config=config,
         text=config.text_config,
         generator_parameters=count(model.generator),
-        fusion_parameters=count(model.encoder_fusion) + count(model.decoder_gates),
+        fusion_parameters=sum(count(part) for part in fusion),
         instruction_encoder_parameters=count(model.instruction_encoder),
         backbone_parameters=count(model.backbone),
+        auto_class="AutoModel" if config.is_encoder_decoder else "AutoModelForCausalLM",
     )
 
 
@@ -181,6 +191,7 @@ def teacher_model_card(
         lora_alpha=adapter_config.get("lora_alpha"),
         target_modules=adapter_config.get("target_modules"),
         info=dict(info or {}),
+        auto_class=_auto_class(adapter_config.get("task_type")),
     )
 
 
@@ -202,4 +213,5 @@ def teachers_model_card(
         base_models=bases,
         teachers=teachers,
         ranks=sorted({c.get("r") for c in adapter_configs.values()} - {None}),
+        auto_class=_auto_class(next(iter(adapter_configs.values()), {}).get("task_type")),
     )
