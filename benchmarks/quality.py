@@ -142,12 +142,15 @@ def run(
     lr_grid: tuple[float, ...] = STAGE2_LR_GRID,
     headline: bool = False,
     grid_only: tuple[str, ...] | None = None,
+    methods: tuple[str, ...] | None = None,
 ) -> dict:
     recipe = SyntheticRecipe(settings)
     started = time.time()
     results: dict = {"methods": {}, "fit": {}, "dev": {}, "sensitivity": {}}
     variants = {n: VARIANTS[n] for n in ("TAGI", PAPER_GENERATOR)} if headline else VARIANTS
     variants = {n: kw for n, kw in variants.items() if kw.get("generator", {}) != recipe.generator()}  # no duplicate
+    if methods is not None:  # a partial comparison (e.g. a setting whose ablations the budget did not reach)
+        variants = {n: kw for n, kw in variants.items() if n == "TAGI" or model_slug(n) in methods}
     for setting in prompt_settings:
         suffix = "" if setting == "def" else f"-{setting}"
         if settings.stage2_steps != BENCHMARK_SETTINGS["stage2_steps"]:  # e.g. run_all's shorter full comparison
@@ -189,6 +192,7 @@ def run(
     results["meta"]["stage_seconds"] = recipe.timings  # stages trained by this invocation (others were cached)
     results["meta"]["prompt_settings"] = list(prompt_settings)
     results["meta"]["stage2_lr_grid"] = list(lr_grid)
+    results["meta"]["methods"] = "all" if methods is None else ["tagi", *methods]
     results["meta"]["stage2_lr_grid_applies_to"] = (
         "every hypernetwork method" if grid_only is None else list(grid_only)
     )
@@ -232,6 +236,11 @@ def main() -> None:
         "at the settings' rate. Recorded in the results.",
     )  # fmt: skip
     parser.add_argument(
+        "--methods", nargs="+", default=None, metavar="SLUG",
+        help="Only TAGI and these hypernetwork methods (folder names, e.g. tagi-hypernet-l-pred-only); the baselines "
+        "always run. Recorded in the results.",
+    )  # fmt: skip
+    parser.add_argument(
         "--headline",
         action="store_true",
         help="Only in-context FT, the teachers, TAGI and TAGI with the paper's generator (Def setting, one rate).",
@@ -257,12 +266,14 @@ def main() -> None:
         overrides[key] = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
     settings = dataclasses.replace(settings, **overrides)
     slugs = {"tagi" if n == "TAGI" else model_slug(n) for n in VARIANTS}
-    unknown = sorted(set(args.grid_only or ()) - slugs)
-    if unknown:
-        raise ValueError(f"`--grid-only`: unknown method folder(s) {unknown}; known: {sorted(slugs)}.")
+    for flag, given in (("--grid-only", args.grid_only), ("--methods", args.methods)):
+        unknown = sorted(set(given or ()) - slugs)
+        if unknown:
+            raise ValueError(f"`{flag}`: unknown method folder(s) {unknown}; known: {sorted(slugs)}.")
     grid_only = tuple(args.grid_only) if args.grid_only else None
+    methods = tuple(args.methods) if args.methods else None
     run(settings, Path(args.results), args.quick, tuple(args.settings), tuple(args.stage2_lr_grid), args.headline,
-        grid_only)  # fmt: skip
+        grid_only, methods)  # fmt: skip
 
 
 if __name__ == "__main__":

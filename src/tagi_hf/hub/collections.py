@@ -44,6 +44,7 @@ class _CardRow:
     generator_name_or_path: str | None
     generator_revision: str | None
     has_fusion: bool
+    task_type: str
 
 
 def generate_adapters_to_disk(
@@ -140,6 +141,7 @@ def _card_row(adapter: GeneratedAdapter) -> _CardRow:
         generator_name_or_path=adapter.generator_name_or_path,
         generator_revision=adapter.generator_revision,
         has_fusion=adapter.has_fusion,
+        task_type=adapter.task_type,
     )
 
 
