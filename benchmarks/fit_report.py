@@ -10,7 +10,8 @@ FIT_TARGETS = {TEACHERS: 90.0, FT: 85.0}  # exact match on unseen instances of t
 
 
 def _settings(q: dict) -> list[str]:
-    return list(next(iter(q["methods"].values())))
+    """Every prompt setting any method was run in, in the order they first appear."""
+    return list(dict.fromkeys(s for by_setting in q["methods"].values() for s in by_setting))
 
 
 def fit_table(q: dict) -> list[str]:
@@ -100,7 +101,7 @@ def fit_targets(q: dict) -> list[tuple[str, bool, str]]:
         runaway = {name: by[setting]["ran_to_limit"] for name, by in q["fit"].items() if setting in by}
         runaway.update(
             {f"{name} (test)": by[setting]["ran_to_limit"] for name, by in q["methods"].items()
-             if "ran_to_limit" in by[setting]}
+             if setting in by and "ran_to_limit" in by[setting]}
         )  # fmt: skip
         worst = max(runaway, key=runaway.get)
         out.append((f"{setting}: no prediction runs to the length limit", runaway[worst] == 0,

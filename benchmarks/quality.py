@@ -241,6 +241,13 @@ def main() -> None:
         "always run. Recorded in the results.",
     )  # fmt: skip
     parser.add_argument(
+        "--merge-into",
+        default=None,
+        metavar="JSON",
+        help="Also merge this run's settings into an existing results file (e.g. a setting run later, with "
+        "--methods, into benchmarks/results/quality.json); the merge is recorded in its meta.",
+    )
+    parser.add_argument(
         "--headline",
         action="store_true",
         help="Only in-context FT, the teachers, TAGI and TAGI with the paper's generator (Def setting, one rate).",
@@ -272,8 +279,27 @@ def main() -> None:
             raise ValueError(f"`{flag}`: unknown method folder(s) {unknown}; known: {sorted(slugs)}.")
     grid_only = tuple(args.grid_only) if args.grid_only else None
     methods = tuple(args.methods) if args.methods else None
-    run(settings, Path(args.results), args.quick, tuple(args.settings), tuple(args.stage2_lr_grid), args.headline,
-        grid_only, methods)  # fmt: skip
+    results = run(settings, Path(args.results), args.quick, tuple(args.settings), tuple(args.stage2_lr_grid),
+                  args.headline, grid_only, methods)  # fmt: skip
+    if args.merge_into:
+        merge_results(Path(args.merge_into), results, args.results)
+
+
+def merge_results(target: Path, results: dict, source: str) -> None:
+    """Adds `results`' prompt settings to the results file `target`: every per-method, per-setting entry of this
+    run replaces or joins the target's; the target's meta records what was merged from where."""
+    merged = json.loads(target.read_text())
+    for section in ("methods", "fit", "dev", "sensitivity", "sensitivity_fit", "stage2_learning_rate"):
+        for name, by_setting in results.get(section, {}).items():
+            merged.setdefault(section, {}).setdefault(name, {}).update(by_setting)
+    meta = results["meta"]
+    merged["meta"].setdefault("merged", []).append(
+        {"settings": meta["prompt_settings"], "methods": meta.get("methods"), "commit": meta["commit"],
+         "seconds": meta["seconds"], "stage_seconds": meta.get("stage_seconds"), "results": source}
+    )  # fmt: skip
+    settings = merged["meta"]["prompt_settings"]
+    merged["meta"]["prompt_settings"] = list(dict.fromkeys([*settings, *meta["prompt_settings"]]))
+    atomic_write_text(target, json.dumps(merged, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -56,18 +56,24 @@ def run_step(step: str, results: Path, quick: bool) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------- quality
-def _cells(m: dict) -> str:
-    return " | ".join(f"{m[k]:.1f}" for k in QUALITY_COLUMNS)
+def _cells(m: dict | None) -> str:
+    """Scores of one method in one setting; `-` where the method was not run in that setting."""
+    return " | ".join("-" if m is None else f"{m[k]:.1f}" for k in QUALITY_COLUMNS)
+
+
+def _all_settings(q: dict) -> list[str]:
+    """Every prompt setting any method was run in, in the order they first appear."""
+    return list(dict.fromkeys(s for by_setting in q["methods"].values() for s in by_setting))
 
 
 def quality_tables(q: dict) -> list[str]:
-    settings = list(next(iter(q["methods"].values())))
+    settings = _all_settings(q)
     lines = [
         "| method | " + " | ".join(f"{s}: ROUGE-L | EM | strict EM" for s in settings) + " |",
         "|---|" + "---:|---:|---:|" * len(settings),
     ]
     for name, by_setting in q["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(_cells(by_setting[s]) for s in settings) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cells(by_setting.get(s)) for s in settings) + " |")
     kinds = sorted({k for by_setting in q["methods"].values() for k in by_setting[settings[0]]["by_kind"]})
     lines += ["", f"By held-out kind ({settings[0]} setting; ROUGE-L | EM | strict EM):", ""]
     lines += ["| method | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
@@ -128,7 +134,7 @@ def generator_targets(q: dict) -> list[tuple[str, bool, str]]:
     generator beats the paper's."""
     out = []
     ft_name = "multi-task FT, instruction in context (Tk-Instruct analogue)"
-    for setting in next(iter(q["methods"].values())):
+    for setting in _all_settings(q):
         fit = q.get("fit", {}).get("TAGI", {}).get(setting)
         if fit is not None:
             em = fit["exact_match"]
@@ -165,13 +171,16 @@ def quality_targets(q: dict) -> list[tuple[str, bool, str]]:
     out = fit_targets(q) + generator_targets(q)
     if q["meta"].get("headline"):
         return out  # the headline check trains no ablation and no L_pred-only hypernet
-    for setting in next(iter(q["methods"].values())):
-        m = {name: by_setting[setting] for name, by_setting in q["methods"].items()}
+    for setting in _all_settings(q):
+        m = {name: by_setting[setting] for name, by_setting in q["methods"].items() if setting in by_setting}
         for metric in ("rougeL", "exact_match"):
             tagi, hint = m["TAGI"][metric], m[hint_name][metric]
             out.append((f"{setting}, {metric}: TAGI >= L_pred-only hypernet + 3", tagi >= hint + 3,
                         f"{tagi:.1f} vs {hint:.1f}"))  # fmt: skip
             ablations = {k: v[metric] for k, v in m.items() if k.startswith("TAGI w/o")}
+            if not ablations:
+                out.append((f"{setting}, {metric}: ablations", False, "not run in this setting (budget)"))
+                continue
             worst = min(ablations, key=ablations.get)
             out.append((f"{setting}, {metric}: every ablation below TAGI", all(v < tagi for v in ablations.values()),
                         ", ".join(f"{k.removeprefix('TAGI ')} {v:.1f}" for k, v in ablations.items())))  # fmt: skip
