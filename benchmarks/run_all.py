@@ -212,14 +212,23 @@ def headline_section(h: dict, full: bool = True) -> list[str]:
     return [quality_header(h), "", stage_costs(h["meta"]), "", *tests, "", *fit, "", "Targets:", "", *table]
 
 
+def _names(methods: str | list[str] | None) -> str:
+    return "all" if not methods or isinstance(methods, str) else ", ".join(methods)
+
+
 def quality_header(q: dict) -> str:
     meta = q["meta"]
     stages = meta.get("stage_seconds") or {}
     trained = f"{len(stages)} stages trained in it" if stages else "evaluation only: models from an earlier run"
+    merged = "".join(
+        f"; {', '.join(m['settings'])} added from a later run (commit {m['commit'][:10]}, "
+        f"{m['seconds'] / 60:.0f} min, methods: {_names(m['methods'])})"
+        for m in meta.get("merged", [])
+    )
     return (
         f"Quality on the synthetic suite's held-out test tasks ({meta['device']}, {meta['machine']}; torch "
         f"{meta['torch']}, transformers {meta['transformers']}; commit {meta['commit'][:10]}; "
-        f"{meta['seconds'] / 60:.0f} min, {trained}). Scores x100."
+        f"{meta['seconds'] / 60:.0f} min, {trained}{merged}). Scores x100."
     )
 
 
