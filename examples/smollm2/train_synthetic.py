@@ -209,7 +209,8 @@ def evaluate(method: str, rows: list[dict], tokenizer, backbone=None, model=None
 # ------------------------------------------------------------------------------------------------------- report
 def render(results: dict) -> str:
     lines = [
-        f"Measured by `python examples/smollm2/train_synthetic.py` on {results['machine']} "
+        f"Measured by `python examples/smollm2/train_synthetic.py --learning-rate {results['settings']['learning_rate']:g}` "
+        f"on {results['machine'].replace('1 threads', '1 torch thread')} "
         f"({results['settings']['steps']} steps, batch {results['settings']['batch_size']}, "
         f"{results['settings']['train_tasks']} train tasks x {results['settings']['train_instances']} instances, "
         f"fusion `{results['settings']['fusion']}`, instruction read by the frozen LM, "
