@@ -208,8 +208,9 @@ def evaluate(method: str, rows: list[dict], tokenizer, backbone=None, model=None
 
 # ------------------------------------------------------------------------------------------------------- report
 def render(results: dict) -> str:
+    rate = results["settings"]["learning_rate"]
     lines = [
-        f"Measured by `python examples/smollm2/train_synthetic.py --learning-rate {results['settings']['learning_rate']:g}` "
+        f"Measured by `python examples/smollm2/train_synthetic.py --learning-rate {rate:g}` "
         f"on {results['machine'].replace('1 threads', '1 torch thread')} "
         f"({results['settings']['steps']} steps, batch {results['settings']['batch_size']}, "
         f"{results['settings']['train_tasks']} train tasks x {results['settings']['train_instances']} instances, "
