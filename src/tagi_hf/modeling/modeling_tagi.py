@@ -366,6 +366,49 @@ class TagiPreTrainedModel(PreTrainedModel):
             for i, text in enumerate(texts)
         ]
 
+    # ------------------------------------------------------------------------------------------ calls with a state
+    def _given_or_prepared(
+        self, task_state, adapter, instruction_input_ids, instruction_attention_mask, input_ids
+    ) -> TaskState:
+        """`task_state` if given, else [`~TagiPreTrainedModel.prepare_task_state`] for the call's batch."""
+        if task_state is not None:
+            return task_state
+        return self.prepare_task_state(
+            adapter=adapter,
+            instruction_input_ids=instruction_input_ids,
+            instruction_attention_mask=instruction_attention_mask,
+            batch_size=input_ids.shape[0] if input_ids is not None else None,
+        )
+
+    def _forward_state(self, task_state: TaskState):
+        """[`use_task_state`] for a forward. Activation checkpointing re-runs blocks during backward: the state then
+        stays until the next call."""
+        keep = self.is_activation_checkpointing and torch.is_grad_enabled()
+        return use_task_state(self._task_state_slots(), task_state, keep=keep)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        adapter: GeneratedAdapter | Sequence[GeneratedAdapter] | None = None,
+        instruction_input_ids: torch.LongTensor | None = None,
+        instruction_attention_mask: torch.Tensor | None = None,
+        task_state: TaskState | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generates with the task's adapter and fusion installed for every step (greedy, beams, sampling).
+
+        Per-example state is expanded to beams / `num_return_sequences` inside the layers. A decoder-only model
+        returns prompt + new tokens, as causal LMs do: left-pad a batch of prompts (`tokenizer.padding_side = "left"`).
+        """
+        generate_kwargs.pop("labels", None)  # Seq2SeqTrainer passes the batch's labels along
+        task_state = self._given_or_prepared(
+            task_state, adapter, instruction_input_ids, instruction_attention_mask, input_ids
+        )
+        with use_task_state(self._task_state_slots(), task_state):
+            return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
 
 class TagiModel(TagiPreTrainedModel, GenerationMixin):
     r"""
@@ -475,17 +518,10 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
             task_state (`TaskState`, *optional*): precomputed with [`~TagiModel.prepare_task_state`].
             return_task_state (`bool`): also return the generated factors (for the parameter-alignment loss).
         """
-        if task_state is None:
-            batch = input_ids.shape[0] if input_ids is not None else None
-            task_state = self.prepare_task_state(
-                adapter=adapter,
-                instruction_input_ids=instruction_input_ids,
-                instruction_attention_mask=instruction_attention_mask,
-                batch_size=batch,
-            )
-        # Activation checkpointing re-runs blocks during backward: the state stays until the next call then.
-        keep = self.is_activation_checkpointing and torch.is_grad_enabled()
-        with use_task_state(self._task_state_slots(), task_state, keep=keep):
+        task_state = self._given_or_prepared(
+            task_state, adapter, instruction_input_ids, instruction_attention_mask, input_ids
+        )
+        with self._forward_state(task_state):
             outputs = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -495,29 +531,3 @@ class TagiModel(TagiPreTrainedModel, GenerationMixin):
                 **kwargs,
             )
         return TagiSeq2SeqLMOutput(**outputs, task_state=task_state if return_task_state else None)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        adapter: GeneratedAdapter | Sequence[GeneratedAdapter] | None = None,
-        instruction_input_ids: torch.LongTensor | None = None,
-        instruction_attention_mask: torch.Tensor | None = None,
-        task_state: TaskState | None = None,
-        **generate_kwargs,
-    ) -> torch.LongTensor:
-        """Generates with the task's adapter and fusion installed for every step (greedy, beams, sampling).
-
-        Per-example state is expanded to beams / `num_return_sequences` inside the layers.
-        """
-        generate_kwargs.pop("labels", None)  # Seq2SeqTrainer passes the batch's labels along
-        if task_state is None:
-            task_state = self.prepare_task_state(
-                adapter=adapter,
-                instruction_input_ids=instruction_input_ids,
-                instruction_attention_mask=instruction_attention_mask,
-                batch_size=input_ids.shape[0] if input_ids is not None else None,
-            )
-        with use_task_state(self._task_state_slots(), task_state):
-            return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)

@@ -22,7 +22,7 @@ from .adapter import GeneratedAdapter
 from .configuration_tagi import DECODER_ONLY_TYPES, TagiConfig
 from .fusion import FusionLayer, encoder_fusion_hook
 from .modeling_tagi import TagiPreTrainedModel
-from .task_state import AdapterFactors, TaskState, TaskStateSlots, use_task_state
+from .task_state import AdapterFactors, TaskState, TaskStateSlots
 
 
 @dataclass
@@ -125,38 +125,9 @@ class TagiForCausalLM(TagiPreTrainedModel, GenerationMixin):
             adapter / instruction_input_ids / instruction_attention_mask / task_state / return_task_state: as in
                 [`TagiModel.forward`].
         """
-        if task_state is None:
-            task_state = self.prepare_task_state(
-                adapter=adapter,
-                instruction_input_ids=instruction_input_ids,
-                instruction_attention_mask=instruction_attention_mask,
-                batch_size=input_ids.shape[0] if input_ids is not None else None,
-            )
-        keep = self.is_activation_checkpointing and torch.is_grad_enabled()
-        with use_task_state(self._task_state_slots(), task_state, keep=keep):
+        task_state = self._given_or_prepared(
+            task_state, adapter, instruction_input_ids, instruction_attention_mask, input_ids
+        )
+        with self._forward_state(task_state):
             outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         return TagiCausalLMOutput(**outputs, task_state=task_state if return_task_state else None)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        adapter: GeneratedAdapter | list[GeneratedAdapter] | None = None,
-        instruction_input_ids: torch.LongTensor | None = None,
-        instruction_attention_mask: torch.Tensor | None = None,
-        task_state: TaskState | None = None,
-        **generate_kwargs,
-    ) -> torch.LongTensor:
-        """Generates with the task's adapter (and fusion) installed for every step; returns prompt + new tokens, as
-        causal LMs do. Left-pad a batch of prompts (`tokenizer.padding_side = "left"`)."""
-        generate_kwargs.pop("labels", None)
-        if task_state is None:
-            task_state = self.prepare_task_state(
-                adapter=adapter,
-                instruction_input_ids=instruction_input_ids,
-                instruction_attention_mask=instruction_attention_mask,
-                batch_size=input_ids.shape[0] if input_ids is not None else None,
-            )
-        with use_task_state(self._task_state_slots(), task_state):
-            return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
