@@ -231,6 +231,11 @@ def _factors_from_peft(state: dict[str, torch.Tensor], path: Path) -> dict[str, 
     return factors
 
 
+def peft_task_type(config) -> str:
+    """PEFT's task type of an adapter for a backbone (its config, or a `TagiConfig`): T5's or a causal LM's."""
+    return "SEQ_2_SEQ_LM" if config.is_encoder_decoder else "CAUSAL_LM"
+
+
 def hub_package() -> ModuleType | None:
     """`tagi_hf.hub` (cards from the package's templates, Hub pushes) when tagi-hf is installed, else `None`.
 

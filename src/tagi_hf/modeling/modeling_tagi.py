@@ -25,7 +25,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import logging
 
-from .adapter import GeneratedAdapter, require_hub_package
+from .adapter import GeneratedAdapter, peft_task_type, require_hub_package
 from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer, InstructionCrossAttention, encoder_fusion_hook, instruction_kv
 from .generator import AdapterGenerator, AttentionPooling, masked_mean
@@ -354,7 +354,7 @@ class TagiPreTrainedModel(PreTrainedModel):
             "base_model_name_or_path": self.config.base_model_name_or_path,
             "generator_config": generator_config,
             "generator_name_or_path": self.config.name_or_path or None,
-            "task_type": "SEQ_2_SEQ_LM" if self.config.is_encoder_decoder else "CAUSAL_LM",
+            "task_type": peft_task_type(self.config),
         }
         return [
             GeneratedAdapter(

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from ..data import collator_for
-from ..modeling.adapter import ADAPTER_WEIGHTS, GeneratedAdapter
+from ..modeling.adapter import ADAPTER_WEIGHTS, GeneratedAdapter, peft_task_type
 from ..modeling.file_utils import atomic_directory
 from ..modeling.lora import install_lora_layers, linear_target
 from ..modeling.task_state import TaskState, TaskStateSlots, use_task_state
@@ -103,8 +103,7 @@ def train_lora_teachers_jointly(
     bank = _LoraBank(modules, len(keys), rank)
     losses = _fit(model, modules, bank, tokenizer, train_dataset, groups, keys, group_by, max_steps, learning_rate,
                   batch_size, tasks_per_batch, seed, max_input_length, max_target_length)  # fmt: skip
-    task_type = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
-    _save(bank, groups, keys, group_by, Path(output_dir), name, alpha, losses, task_type)
+    _save(bank, groups, keys, group_by, Path(output_dir), name, alpha, losses, peft_task_type(model.config))
     return TeacherBank.from_directory(output_dir)
 
 

@@ -177,12 +177,10 @@ class TagiTrainer(Seq2SeqTrainer):
             raise ValueError(
                 "The batch has no `teacher_input_ids`; build it with `TagiDataCollator(teacher_inputs=True)`."
             )
-        if "teacher_labels" in extras:  # decoder-only: the LM with the instruction in context, no labels needed
-            return self.teacher_model(
-                input_ids=extras["teacher_input_ids"], attention_mask=extras["teacher_attention_mask"]
-            ).logits
+        # T5 decodes the labels; a decoder-only teacher reads its own sequence (`teacher_labels` mark the output)
+        targets = {} if "teacher_labels" in extras else {"labels": labels}
         return self.teacher_model(
-            input_ids=extras["teacher_input_ids"], attention_mask=extras["teacher_attention_mask"], labels=labels
+            input_ids=extras["teacher_input_ids"], attention_mask=extras["teacher_attention_mask"], **targets
         ).logits
 
     def _sparse_teacher(self, extras: dict) -> SparseTeacher:
