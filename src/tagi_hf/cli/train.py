@@ -202,12 +202,13 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     from ..data import collator_for
     from ..modeling import tagi_class_for
     from ..recipes.synthetic import train_tagi
     from ..teachers.lora_teachers import TeacherBank
+    from ..teachers.seq2seq import load_backbone
     from ..training.teacher_logits import teacher_or_cache
 
     if args.lambda_kl > 0 and args.teacher is None:
@@ -227,8 +228,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"`--teacher-logits-top-k` must be >= 0, got {args.teacher_logits_top_k}.")
     collator = collator_for(tokenizer, model.config, setting=args.setting)
     train = _train_split(args)
-    teacher_class = AutoModelForSeq2SeqLM if model.config.is_encoder_decoder else AutoModelForCausalLM
-    teacher = teacher_class.from_pretrained(args.teacher) if args.lambda_kl > 0 else None
+    teacher = load_backbone(args.teacher)[0] if args.lambda_kl > 0 else None  # T5 or LM, after its config
     cache = Path(args.out).with_name(Path(args.out).name + "-teacher-logits")
     train, teacher = teacher_or_cache(teacher, train, collator, cache, top_k=args.teacher_logits_top_k,
                                       temperature=args.kl_temperature, batch_size=args.batch_size)  # fmt: skip
