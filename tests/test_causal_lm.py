@@ -1,5 +1,6 @@
 """Decoder-only backbones (issue 15): TagiForCausalLM on tiny random Llama and Qwen2 models built in code."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -82,7 +83,7 @@ def test_per_example_adapters_are_isolated(fusion):
 
 
 @pytest.mark.parametrize("fusion", ["none", "cross_attention"])
-def test_generate_greedy_beams_sampling_and_kv_cache(fusion):
+def test_generate_greedy_and_kv_cache(fusion):
     model = tiny_causal(fusion=fusion)
     batch = inputs(n=2)
     adapters = model.generate_adapter(["Sort the words.", "Reverse the words."], tokenizer=tiny_tokenizer())
@@ -93,11 +94,56 @@ def test_generate_greedy_beams_sampling_and_kv_cache(fusion):
     assert torch.equal(cached, uncached)
     one = model.generate(input_ids=batch["input_ids"][1:], adapter=adapters[1], max_new_tokens=5, do_sample=False)
     assert torch.equal(cached[1:], one)  # the per-example adapter, not its neighbour's
-    beams = model.generate(**common, do_sample=False, num_beams=3, num_return_sequences=2)
+
+
+@pytest.mark.parametrize("fusion", ["none", "cross_attention"])
+def test_beams_and_sampling_use_each_examples_own_adapter(fusion):
+    # float64: a batched and a one-example run round differently (~1e-7 in float32), which could flip a near-tie
+    # between two beams' scores; in float64 a flip would need a tie to ~1e-15.
+    model = tiny_causal(fusion=fusion).double()
+    ids = inputs(n=2)["input_ids"]
+    first = model.generate_adapter("Sort the words.", tokenizer=tiny_tokenizer())
+    # A second adapter far from the first (B factors negated, 20x), so that a row run with its neighbour's adapter
+    # would visibly differ: checked below, which is what gives the per-row equalities their teeth.
+    other = dataclasses.replace(first, lora_factors={n: (a, -20 * b) for n, (a, b) in first.lora_factors.items()})
+    adapters, prompt, new = [first, other], ids.shape[1], 6
+    common = dict(max_new_tokens=new, pad_token_id=0)
+
+    beams = model.generate(input_ids=ids, adapter=adapters, num_beams=3, num_return_sequences=2, **common)
     assert beams.shape[0] == 4
+    for row in range(2):
+        rows = beams[2 * row : 2 * row + 2]
+        own, neighbours = (
+            model.generate(input_ids=ids[row : row + 1], adapter=a, num_beams=3, num_return_sequences=2, **common)
+            for a in (adapters[row], adapters[1 - row])
+        )
+        assert torch.equal(rows[:, : own.shape[1]], own)  # what the example gets alone with its adapter
+        assert not torch.equal(rows[:, : neighbours.shape[1]], neighbours)
+
+    # Sampling: each new token of a row (up to its EOS) is one of the top_k of the next-token distribution its own
+    # example has alone with its own adapter, and the rows are not what the neighbour's adapter would allow.
+    top_k = 3
     torch.manual_seed(0)
-    sampled = model.generate(**common, do_sample=True, top_k=5)
-    assert sampled.shape == (2, 12)
+    sampled = model.generate(
+        input_ids=ids, adapter=adapters, do_sample=True, top_k=top_k, num_return_sequences=3, **common
+    )
+    assert sampled.shape[0] == 6 and torch.equal(sampled[::3, :prompt], ids)
+    tokens = sampled[:, prompt:]
+    is_eos = (tokens == model.config.text_config.eos_token_id).long()
+    before_eos = torch.cumsum(is_eos, dim=1) - is_eos == 0  # up to and including the first EOS
+    assert len({tuple(t) for t in tokens.tolist()}) > 1  # it does sample
+    outside_neighbours = 0
+    with torch.no_grad():
+        for index in range(6):
+            row = index // 3
+            allowed = [
+                model(input_ids=sampled[index : index + 1, :-1], adapter=a).logits[0, prompt - 1 :].topk(top_k).indices
+                for a in (adapters[row], adapters[1 - row])
+            ]
+            in_own, in_neighbours = ((top == tokens[index, :, None]).any(-1) for top in allowed)
+            assert in_own[before_eos[index]].all(), (index, tokens[index])
+            outside_neighbours += int((~in_neighbours[before_eos[index]]).sum())
+    assert outside_neighbours >= 6  # the top-k check tells the two adapters apart
 
 
 def test_instruction_ids_in_forward_match_a_generated_adapter():
@@ -115,13 +161,15 @@ def test_instruction_ids_in_forward_match_a_generated_adapter():
 @pytest.mark.parametrize("fusion", ["none", "cross_attention"])
 def test_gradients_reach_only_generator_fusion_and_instruction_encoder(fusion):
     model = tiny_causal(fusion=fusion).train()
+    with torch.no_grad():  # the pooling's queries start at zero: uniform attention, so its keys get no gradient yet
+        model.generator.pooling.query.normal_(0.0, 1.0)
     batch = inputs()
     model(**batch, labels=batch["input_ids"]).loss.backward()
     for name, param in model.named_parameters():
         if name.startswith("backbone."):
-            assert param.grad is None, name
+            assert not param.requires_grad and param.grad is None, name
         else:
-            assert param.grad is not None, name
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
     report = model.trainable_parameters_report()
     assert report["backbone"] == 0 and (report["fusion"] > 0) == (fusion != "none")
     assert report["instruction_encoder"] > 0  # the default: a trainable copy of the decoder stack

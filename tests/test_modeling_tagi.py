@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -120,15 +121,33 @@ def test_beam_search_with_per_example_adapters_matches_one_by_one(fusion):
         assert torch.equal(together[2 * row : 2 * row + 2, :width], alone)
 
 
-def test_sampling_uses_adapter_and_is_reproducible():
-    model = tiny_model("cross_attention")
-    inputs = batch()
-    inputs.pop("labels")
-    torch.manual_seed(3)
-    first = model.generate(**inputs, max_new_tokens=6, do_sample=True, top_k=10)
-    torch.manual_seed(3)
-    again = model.generate(**inputs, max_new_tokens=6, do_sample=True, top_k=10)
-    assert torch.equal(first, again)
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_sampling_uses_adapter_and_is_reproducible(fusion):
+    model = tiny_model(fusion)
+    inputs = {k: v for k, v in batch().items() if k in ("input_ids", "attention_mask")}
+    first = model.generate_adapter("reverse the order of words", tokenizer=tiny_tokenizer())
+    # A second adapter far from the first (B factors negated and scaled 40x), so that its next-token distributions
+    # differ a lot and same-seed samples cannot coincide by chance: checked below, before sampling.
+    other = dataclasses.replace(first, lora_factors={n: (a, -40 * b) for n, (a, b) in first.lora_factors.items()})
+    start = torch.full((3, 1), model.config.text_config.decoder_start_token_id)
+    with torch.no_grad():
+        p_first, p_other = (
+            model(**inputs, decoder_input_ids=start, adapter=ad).logits[:, -1].softmax(-1) for ad in (first, other)
+        )
+    assert ((p_first - p_other).abs().sum(-1) / 2 > 0.3).all()  # total variation distance of the first step
+
+    def sample(adapter, seed):
+        torch.manual_seed(seed)
+        return model.generate(
+            **inputs, adapter=adapter, max_new_tokens=8, do_sample=True, top_k=0, num_return_sequences=4
+        )
+
+    drawn = sample(first, 3)
+    assert drawn.shape[0] == 12
+    assert torch.equal(sample(first, 3), drawn)  # same adapter, same seed: the same samples
+    # 12 sequences of 8 tokens each, the first from distributions this far apart: all equal by chance is negligible.
+    assert not torch.equal(sample(other, 3), drawn)  # same seed, another adapter: other samples
+    assert not torch.equal(sample(first, 4), drawn)  # it does sample: another seed gives other samples
     # The state is removed after generate: the bare backbone is untouched.
     assert all(m.lora_factors is None for m in model._lora_modules.values())
 
