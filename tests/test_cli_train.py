@@ -43,7 +43,12 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(workspace):
     w, sni = workspace, workspace / "sni"
     small = ["--max-steps", 2, "--batch-size", 4, "--max-train-instances-per-task", 4]
     _run("train-baseline", "baseline.yaml", "--backbone", w / "t5", "--data-dir", sni, "--out", w / "tk", *small)
-    assert T5ForConditionalGeneration.from_pretrained(w / "tk") is not None
+    baseline, initial = (T5ForConditionalGeneration.from_pretrained(w / name) for name in ("tk", "t5"))
+    architecture = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads")
+    assert all(getattr(baseline.config, key) == getattr(initial.config, key) for key in architecture)
+    trained, start = baseline.state_dict(), initial.state_dict()
+    assert trained.keys() == start.keys()
+    assert not all(torch.equal(trained[k], start[k]) for k in trained)  # fine-tuned: weights moved
     _run(
         "train-teachers",
         "teachers.yaml",
@@ -126,7 +131,15 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(workspace):
     )
     log = json.loads((w / "tagi" / "training_log.json").read_text())
     assert any({"loss_pred", "loss_kl", "loss_ins"} <= set(entry) for entry in log)
-    assert AutoTokenizer.from_pretrained(w / "tagi") is not None
+    tokenizer = AutoTokenizer.from_pretrained(w / "tagi")  # saved beside the model: the backbone's
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(w / "t5").get_vocab()
+    # The trained generator makes an adapter of the configured rank for every LoRA module stage 1 had, and stage 2
+    # changed what it makes for the same instruction.
+    instruction = json.loads((sni / "tasks" / f"{TEST_TASKS[0]}.json").read_text())["Definition"]
+    adapter, before = (m.generate_adapter(instruction, tokenizer=tokenizer) for m in (trained, stage1))
+    assert adapter.rank == 2 and adapter.instruction == instruction
+    assert sorted(adapter.lora_factors) == sorted(before.lora_factors)
+    assert any(not torch.equal(adapter.lora_factors[n][1], before.lora_factors[n][1]) for n in adapter.lora_factors)
     # The teacher run once per example before training (its top-k logits cached), not at every step.
     cached = [
         "--data-dir",
@@ -230,7 +243,10 @@ def test_the_recipe_accepts_a_decoder_only_backbone(workspace):
     ]  # fmt: skip  (train.yaml names a stage-1 --model: T5 only)
     assert main(list(map(str, argv))) == 0
     trained = TagiForCausalLM.from_pretrained(w / "lm-tagi")
-    assert trained.config.text_config.model_type == "llama"
+    assert trained.config.text_config.model_type == "llama" and trained.config.lora_rank == 2
+    adapter = trained.generate_adapter("Sort the words.", tokenizer=tokenizer)
+    assert adapter.task_type == "CAUSAL_LM" and adapter.rank == 2
+    assert {name.rsplit(".", 1)[1] for name in adapter.lora_factors} == {"q_proj", "v_proj"}
     log = json.loads((w / "lm-tagi" / "training_log.json").read_text())
     assert any({"loss_pred", "loss_kl", "loss_ins"} <= set(entry) for entry in log)
     for model, name in ((w / "lm-tagi", "lm-metrics.json"), (w / "lm-tk", "lm-tk-metrics.json")):
