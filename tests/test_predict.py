@@ -56,15 +56,47 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
     return {kind: root / kind for kind in models}
 
 
-def write_rank_jsonl(path: Path) -> Path:
-    records = [
-        {"instruction": "Reverse the order of the words.", "input": "cat dog", "options": ["dog cat", "cat dog"],
-         "answer": "dog cat", "dataset": "d1"},
-        {"instruction": "Sort the words.", "input": "owl cat", "options": ["cat owl", "owl", "cat"], "answer": 0,
-         "dataset": "d2", "prompt": "p"},
-    ]  # fmt: skip
+RANK_RECORDS = [  # (dataset, prompt, instruction, input, options)
+    ("d1", "p", "Reverse the order of the words.", "cat dog", ["dog cat", "cat dog"]),
+    ("d2", "p", "Sort the words.", "owl cat", ["cat owl", "owl", "cat"]),
+    ("d2", "q", "Keep only the first word.", "bird fish egg", ["fish egg", "bird", "egg"]),
+]
+
+
+def write_rank_jsonl(path: Path, model_dir: Path) -> tuple[Path, dict]:
+    """A rank-classification file whose result is known, and that result.
+
+    Each option is scored on its own (a batch of one: the model's forward and `option_nll`, not the batched
+    pipeline under test); the lowest average NLL is the model's pick. The answer is that pick for d1/p and d2/q and
+    another option for d2/p, so the accuracy is (100 + (0 + 100) / 2) / 2 = 75.
+    """
+    model, tokenizer, kind = load_for_evaluation(model_dir, device="cpu")
+    assert kind == "tagi"
+    records, picks = [], []
+    for dataset, prompt, instruction, text, options in RANK_RECORDS:
+        adapter = model.generate_adapter(instruction, tokenizer)
+        scores = []
+        for option in options:
+            batch = tokenizer(format_student_input(text), return_tensors="pt")
+            labels = tokenizer(option, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                scores.append(option_nll(model(**batch, adapter=adapter, labels=labels).logits, labels).item())
+        pick = scores.index(min(scores))
+        # Batched scoring rounds differently (~1e-6): the pick must not hinge on a near-tie.
+        assert sorted(scores)[1] - sorted(scores)[0] > 1e-3, scores
+        answer = pick if (dataset, prompt) != ("d2", "p") else (pick + 1) % len(options)
+        records.append({"instruction": instruction, "input": text, "options": options, "dataset": dataset,
+                        "prompt": prompt, "answer": options[answer] if dataset == "d1" else answer})  # fmt: skip
+        picks.append(pick)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+    expected = {
+        "predictions": picks,
+        "per_prompt": {"d1": {"p": 100.0}, "d2": {"p": 0.0, "q": 100.0}},
+        "per_dataset": {"d1": 100.0, "d2": 50.0},
+        "accuracy": 75.0,
+        "n": 3,
+    }
+    return path, expected
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -280,9 +312,13 @@ def test_score_fn_is_the_option_nll(loaded, kind):
         torch.testing.assert_close(scores[i : i + 1], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_rank_classify_model(dirs, tmp_path):
-    result = rank_classify_model(dirs["tagi"], write_rank_jsonl(tmp_path / "rc.jsonl"), batch_size=2)
-    assert result["n"] == 2 and result["kind"] == "tagi" and set(result["per_dataset"]) == {"d1", "d2"}
+@pytest.mark.parametrize("batch_size", [2, 16])
+def test_rank_classify_model(dirs, tmp_path, batch_size):
+    jsonl, expected = write_rank_jsonl(tmp_path / "rc.jsonl", dirs["tagi"])
+    result = rank_classify_model(dirs["tagi"], jsonl, batch_size=batch_size, output=tmp_path / "rc.json")
+    assert {key: result[key] for key in expected} == expected  # the lowest-NLL option of each example, averaged
+    assert (result["kind"], result["model"], result["file"]) == ("tagi", str(dirs["tagi"]), str(jsonl))
+    assert json.loads((tmp_path / "rc.json").read_text()) == result
 
 
 def test_adapter_cache_in_score_fn_generates_each_instruction_once(loaded, monkeypatch):

@@ -127,7 +127,8 @@ def _add_pretrain(parser: argparse.ArgumentParser) -> None:
                         help="Stream the dataset instead of downloading it.")  # fmt: skip
     parser.add_argument("--max-length", type=positive_int, default=1024, help="Tokens per text before a|b|c split.")
     parser.add_argument("--lora-rank", type=positive_int, default=32, help="Rank of the generated adapters.")
-    parser.add_argument("--fusion", choices=("cross_attention", "none"), default="cross_attention")
+    parser.add_argument("--fusion", choices=("cross_attention", "none"), default="cross_attention",
+                        help="Instruction fusion; `none`: plain LoRA adapters, exported exactly to PEFT.")  # fmt: skip
     _add_generator(parser)
     _add_common(parser, steps=50000, lr=1e-3, batch=8)
     _add_engine(parser)
