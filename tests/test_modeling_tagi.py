@@ -413,6 +413,8 @@ def test_optional_k_and_o_targets():
     model = TagiModel(config)
     names = list(model._lora_modules)
     assert len(names) == 4 * 3 * 2  # 4 projections x 3 attention kinds x 2 layers
+    assert {name.rsplit(".", 1)[1] for name in names} == {"q", "k", "v", "o"}
     adapter = model.generate_adapter("sort the words", tokenizer=tiny_tokenizer())
+    assert sorted(adapter.lora_factors) == sorted(names)  # one (A, B) pair per targeted projection
     a, b = adapter.lora_factors["decoder.block.1.layer.1.EncDecAttention.o"]
     assert a.shape == (2, 32) and b.shape == (32, 2)
