@@ -131,3 +131,24 @@ def test_the_trainer_refuses_cached_teacher_logits_for_a_decoder_only_model(tmp_
     }  # fmt: skip
     with pytest.raises(ValueError, match="Cached teacher logits are for T5 backbones; train a decoder-only TAGI live"):
         trainer.compute_loss(model, inputs)
+
+
+# ------------------------------------------------------------------------------------------------------- PEFT
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_to_peft_model_of_a_causal_adapter_gives_the_logits_of_tagi_for_causal_lm(family):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_causal(family, lora_target_modules=["q", "k", "v", "o"])
+    adapter = model.generate_adapter("sort the words", tokenizer=tiny_tokenizer())
+    plain = AutoModelForCausalLM.from_config(model.config.text_config).eval()
+    plain.load_state_dict(model.backbone.state_dict())
+    ids = torch.randint(3, 96, (2, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        base = plain(input_ids=ids).logits
+        peft = adapter.to_peft_model(plain).eval()
+        assert isinstance(peft, PeftModel) and peft.peft_config["default"].task_type == "CAUSAL_LM"
+        assert sorted(peft.peft_config["default"].target_modules) == sorted(adapter.lora_factors)
+        expected = model(input_ids=ids, adapter=adapter).logits
+        torch.testing.assert_close(peft(input_ids=ids).logits, expected, rtol=0, atol=1e-5)
+    assert (expected - base).abs().max() > 1e-2  # the adapter changes the logits

@@ -123,7 +123,8 @@ class GeneratedAdapter:
                 )
 
     def to_peft_model(self, model: nn.Module, adapter_name: str = "default") -> PeftModel:
-        """Wraps a matching `T5ForConditionalGeneration` in a `peft.PeftModel` carrying this adapter.
+        """Wraps a matching backbone (the T5, or the decoder-only LM for a `CAUSAL_LM` adapter) in a `peft.PeftModel`
+        carrying this adapter.
 
         The fusion (if any) is not part of PEFT's LoRA: the returned model applies the LoRA updates only.
         """
