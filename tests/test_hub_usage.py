@@ -61,7 +61,7 @@ def test_a_causal_generator_pushed_loads_with_auto_model_for_causal_lm(hub_env):
     assert not hub_env.calls("unhandled")
 
 
-def test_load_adapters_reads_the_revision_asked_for(hub_env):
+def test_load_adapters_reads_the_revision_asked_for(hub_env, tmp_path):
     model = tiny_model("none")
     adapters = model.generate_adapter(["reverse the order of words", "sort in alphabetical order"], tiny_tokenizer())
     adapters = [dataclasses.replace(a, base_model_name_or_path=BASE) for a in adapters]
@@ -77,6 +77,8 @@ def test_load_adapters_reads_the_revision_asked_for(hub_env):
     assert instructions(load_adapters(REPO, revision="dev")) == {"second": adapters[1].instruction}
     assert instructions(load_adapters(REPO, revision=first_commit)) == {"first": adapters[0].instruction}
     [old] = load_adapters(REPO, revision=first_commit).values()
+    with pytest.raises(ValueError, match="names a version of a Hub repo, but .* is a local directory"):
+        load_adapters(tmp_path, revision="dev")
     for name, (lora_a, lora_b) in adapters[0].lora_factors.items():
         assert torch.equal(old.lora_factors[name][0], lora_a) and torch.equal(old.lora_factors[name][1], lora_b)
 
