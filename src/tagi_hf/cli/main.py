@@ -235,6 +235,13 @@ def _run_generate_adapter(args: argparse.Namespace) -> int:
     model, tokenizer, kind = load_for_evaluation(args.model, device=args.device)
     if kind != "tagi":
         raise ValueError(f"`--model` {args.model} is a plain T5; generating adapters needs a TagiModel.")
+    if args.push_to_hub is not None:  # refused before anything is generated or written
+        from ..hub.push import check_base_model
+
+        try:
+            check_base_model(args.base_model or model.config.base_model_name_or_path, "the generated adapters")
+        except ValueError as error:
+            raise ValueError(f"{error} On the command line: `--base-model REPO_ID`.") from None
     adapters = model.generate_adapter(instructions, tokenizer, batch_size=args.batch_size)
     out = Path(args.out)
     if args.instruction is not None:

@@ -227,8 +227,11 @@ def load_adapters(path_or_repo_id: str | os.PathLike, *, revision: str | None = 
     directory or a Hub repo.
 
     A directory without `index.json` is read as one adapter per subfolder holding an `adapter_config.json`.
+    `revision` (a branch, tag or commit) applies to a Hub repo only.
     """
     root = Path(path_or_repo_id)
+    if root.is_dir() and revision is not None:
+        raise ValueError(f"`revision` {revision!r} names a version of a Hub repo, but `{root}` is a local directory.")
     if not root.is_dir():
         root = Path(snapshot_download(str(path_or_repo_id), revision=revision))
     if (root / ADAPTERS_INDEX).is_file():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +17,7 @@ from peft import LoraConfig, PeftModel, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 from .file_utils import atomic_directory
 
@@ -120,7 +123,8 @@ class GeneratedAdapter:
                 )
 
     def to_peft_model(self, model: nn.Module, adapter_name: str = "default") -> PeftModel:
-        """Wraps a matching `T5ForConditionalGeneration` in a `peft.PeftModel` carrying this adapter.
+        """Wraps a matching backbone (the T5, or the decoder-only LM for a `CAUSAL_LM` adapter) in a `peft.PeftModel`
+        carrying this adapter.
 
         The fusion (if any) is not part of PEFT's LoRA: the returned model applies the LoRA updates only.
         """
@@ -190,16 +194,22 @@ class GeneratedAdapter:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> GeneratedAdapter:
-        """Loads an adapter written by [`~GeneratedAdapter.save_pretrained`] (or any PEFT LoRA directory)."""
+        """Loads an adapter written by [`~GeneratedAdapter.save_pretrained`] (or any PEFT LoRA directory).
+
+        A PEFT directory whose modules differ in scaling (`use_rslora`, `rank_pattern`, `alpha_pattern`) is loaded as
+        the equivalent plain LoRA: each module's PEFT scaling is folded into its B and lower ranks are zero-padded to
+        the largest, so every module's update `scaling * B @ A` is PEFT's (saving it again writes a plain LoRA
+        directory with the same updates). DoRA and LoRA biases have no equivalent and are refused.
+        """
         path = Path(path)
         config = LoraConfig.from_pretrained(path)
         state = _load_safetensors(path / ADAPTER_WEIGHTS)
-        factors = _factors_from_peft(state, path)
+        factors, lora_alpha = _uniform_scaling(_factors_from_peft(state, path), config, path)
         meta = json.loads((path / PROVENANCE).read_text()) if (path / PROVENANCE).exists() else {}
         states = _load_safetensors(path / INSTRUCTION_STATES)["instruction_states"] if meta.get("fusion") else None
         return cls(
             lora_factors=factors,
-            lora_alpha=config.lora_alpha,
+            lora_alpha=lora_alpha,
             instruction=meta.get("instruction"),
             base_model_name_or_path=config.base_model_name_or_path,
             instruction_states=states,
@@ -229,6 +239,47 @@ def _factors_from_peft(state: dict[str, torch.Tensor], path: Path) -> dict[str, 
     if not factors:
         raise ValueError(f"`{path / ADAPTER_WEIGHTS}` holds no LoRA weights.")
     return factors
+
+
+def _pattern_value(patterns: dict, name: str, default):
+    """PEFT's lookup in `rank_pattern` / `alpha_pattern`: the first key that matches the end of the module name at
+    a dot boundary (a regular expression), else `default`."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+def _uniform_scaling(
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]], config: LoraConfig, path: Path
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """`(factors, lora_alpha)` with one scaling `lora_alpha / r` for every module and the same updates as PEFT's
+    per-module `alpha_m / r_m` (or `alpha_m / sqrt(r_m)` with `use_rslora`): B carries the ratio, and modules of a
+    lower rank are zero-padded to `r` (which leaves `B @ A` unchanged). Untouched for a plain LoRA directory."""
+    for flag in ("use_dora", "lora_bias"):
+        if getattr(config, flag, False):
+            raise ValueError(f"`{path / ADAPTER_CONFIG}` sets `{flag}`: only plain LoRA adapters can be loaded.")
+    rank_pattern, alpha_pattern = config.rank_pattern or {}, config.alpha_pattern or {}
+    rank = max(lora_a.shape[0] for lora_a, _ in factors.values())
+    scaling = config.lora_alpha / rank
+    uniform = {}
+    for name, (lora_a, lora_b) in factors.items():
+        module_rank = lora_a.shape[0]
+        expected_rank = _pattern_value(rank_pattern, name, config.r)
+        if module_rank != expected_rank:
+            raise ValueError(
+                f"`{path}`: module `{name}` has rank {module_rank} in the weights, but the config gives it rank "
+                f"{expected_rank} (`r` / `rank_pattern`)."
+            )
+        alpha = _pattern_value(alpha_pattern, name, config.lora_alpha)
+        module_scaling = alpha / math.sqrt(module_rank) if config.use_rslora else alpha / module_rank
+        if module_scaling != scaling:
+            lora_b = lora_b * (module_scaling / scaling)
+        if module_rank < rank:
+            lora_a = F.pad(lora_a, (0, 0, 0, rank - module_rank))
+            lora_b = F.pad(lora_b, (0, rank - module_rank))
+        uniform[name] = (lora_a, lora_b)
+    return uniform, config.lora_alpha
 
 
 def peft_task_type(config) -> str:

@@ -294,6 +294,9 @@ class TagiPreTrainedModel(PreTrainedModel):
             raise ValueError(f"Adapter modules do not match this model's targets; differing: {missing[:4]}.")
         cast = dict(device=self.device, dtype=self.dtype)  # an adapter saved in float32 serves a bf16 model too
         factors = {n: tuple(adapter.lora_factors[n][i][None].to(**cast) for i in (0, 1)) for n in names}
+        ratio = adapter.scaling / self.config.lora_scaling  # the layers apply the model's alpha / r; B takes the rest
+        if ratio != 1:
+            factors = {n: (lora_a, lora_b * ratio) for n, (lora_a, lora_b) in factors.items()}
         if self.config.fusion == "none":
             state = TaskState(lora=factors)
         else:

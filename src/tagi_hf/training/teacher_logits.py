@@ -103,6 +103,11 @@ def cache_teacher_logits(
         raise ValueError(f"`top_k` must be >= 1, got {top_k}.")
     if temperature <= 0:
         raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    if not getattr(teacher.config, "is_encoder_decoder", False):
+        raise ValueError(
+            "The top-k teacher-logit cache is written for T5 teachers; train a decoder-only TAGI with its teacher "
+            "run live (`--teacher-logits-top-k 0`)."
+        )
     path = Path(path)
     record = {
         "teacher_sha256": teacher_fingerprint(teacher),
