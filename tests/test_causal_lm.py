@@ -288,13 +288,15 @@ def test_a_causal_lm_adapter_pushes_to_the_hub_and_peft_loads_it_from_there(hub_
 
     from huggingface_hub import ModelCard, hf_hub_download
 
+    from tagi_hf.hub import push_adapter_to_hub
+
     model = tiny_causal()
     plain = AutoModelForCausalLM.from_config(model.config.text_config).eval()
     plain.load_state_dict(model.backbone.state_dict())
     plain.push_to_hub("test-user/tiny-llama")
     adapter = model.generate_adapter("Sort the words.", tokenizer=tiny_tokenizer())
     adapter = dataclasses.replace(adapter, base_model_name_or_path="test-user/tiny-llama")
-    adapter.push_to_hub("test-user/sort-adapter")
+    push_adapter_to_hub(adapter, "test-user/sort-adapter")
     card = ModelCard.load(hf_hub_download("test-user/sort-adapter", "README.md"))
     assert card.data.library_name == "peft" and card.data.base_model == "test-user/tiny-llama"
     base = AutoModelForCausalLM.from_pretrained("test-user/tiny-llama").eval()

@@ -3,7 +3,7 @@
 Metadata goes through `huggingface_hub.ModelCardData`, prose through `templates/*.md` (rendered as
 `ModelCard.from_template` renders them, each template compiled once per process):
 
-- [`generator_model_card`]: a trained [`TagiModel`] (`library_name: transformers`);
+- [`generator_model_card`]: a trained [`TagiModel`] or [`TagiForCausalLM`] (`library_name: transformers`);
 - [`adapter_model_card`] / [`adapters_model_card`]: one generated adapter / a repo of many (`library_name: peft`,
   `base_model`, and the tag `base_model:adapter:<base id>` that links an adapter to its base on the Hub);
 - [`teacher_model_card`] / [`teachers_model_card`]: instance-trained LoRA teachers (one / a whole bank).
@@ -24,7 +24,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 if TYPE_CHECKING:
     from ..modeling.adapter import GeneratedAdapter
-    from ..modeling.modeling_tagi import TagiModel
+    from ..modeling.modeling_tagi_base import TagiPreTrainedModel
 
 TEMPLATES = Path(__file__).parent / "templates"
 TAGI_TAGS = ["tagi", "lora", "hypernetwork", "instruction-learning"]
@@ -136,13 +136,14 @@ def adapters_model_card(
 
 
 def generator_model_card(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     *,
     repo_id: str | None = None,
     license: str | None = None,
     tags: Sequence[str] = (),
 ) -> ModelCard:
-    """The card of a trained TAGI generator (a [`TagiModel`] checkpoint with its remote code)."""
+    """The card of a trained TAGI generator (a [`TagiModel`] or [`TagiForCausalLM`] checkpoint with its remote
+    code)."""
     config = model.config
     base = config.base_model_name_or_path or None
     count = lambda part: sum(p.numel() for p in part.parameters()) if part is not None else 0  # noqa: E731
@@ -160,7 +161,7 @@ def generator_model_card(
         fusion_parameters=sum(count(part) for part in fusion),
         instruction_encoder_parameters=count(model.instruction_encoder),
         backbone_parameters=count(model.backbone),
-        auto_class="AutoModel" if config.is_encoder_decoder else "AutoModelForCausalLM",
+        auto_class=model.auto_class_name,
     )
 
 

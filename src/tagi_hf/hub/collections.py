@@ -26,7 +26,7 @@ from ..modeling.file_utils import atomic_directory
 from .cards import adapter_model_card, adapters_model_card
 
 if TYPE_CHECKING:
-    from ..modeling.modeling_tagi import TagiModel
+    from ..modeling.modeling_tagi_base import TagiPreTrainedModel
 
 __all__ = ["generate_adapters_to_disk", "load_adapters", "save_adapters"]
 
@@ -48,7 +48,7 @@ class _CardRow:
 
 
 def generate_adapters_to_disk(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     tokenizer: Any,
     instructions: Iterable[str],
     out_dir: str | os.PathLike,
@@ -118,7 +118,7 @@ def _save_one(adapter: GeneratedAdapter, root: Path, name: str, repo_id: str | N
 
 
 def _write_batch(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     tokenizer: Any,
     batch: list[tuple[str, str]],
     root: Path,

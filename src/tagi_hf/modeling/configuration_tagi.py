@@ -3,6 +3,8 @@ plus the adapter generator and fusion."""
 
 from __future__ import annotations
 
+import os
+
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -103,7 +105,7 @@ class TagiConfig(PretrainedConfig):
         self.lora_attention_kinds = list(self.lora_attention_kinds)
         text = self.text_config
         _check_backbone(text)
-        self.is_encoder_decoder = text.model_type in ENCODER_DECODER_TYPES
+        self.is_encoder_decoder = self.is_encoder_decoder_config(text)
         if self.is_encoder_decoder:
             if getattr(text, "decoder_start_token_id", None) is None:
                 text.decoder_start_token_id = text.pad_token_id if text.pad_token_id is not None else 0
@@ -133,6 +135,19 @@ class TagiConfig(PretrainedConfig):
         for name in ("fusion_num_heads", "pooling_num_heads"):
             if self.hidden_size % getattr(self, name) != 0:
                 raise ValueError(f"`{name}` ({getattr(self, name)}) must divide d_model ({self.hidden_size}).")
+
+    @staticmethod
+    def is_encoder_decoder_config(config: PretrainedConfig | str | os.PathLike) -> bool:
+        """Whether `config` describes a T5 backbone (`True`) or a decoder-only LM (`False`): a `TagiConfig`, a
+        backbone's own config, or a directory / Hub id holding either. The one test of the backbone family made on a
+        config (a model reads its class's `is_encoder_decoder`); other backbone types are refused, naming the
+        supported ones.
+        """
+        if isinstance(config, (str, os.PathLike)):
+            config = AutoConfig.from_pretrained(config)
+        text = config.text_config if getattr(config, "model_type", None) == "tagi" else config
+        _check_backbone_type(text)
+        return text.model_type in ENCODER_DECODER_TYPES
 
     @property
     def is_decoder_only(self) -> bool:
@@ -176,14 +191,19 @@ def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> Non
         raise ValueError(f"`{name}` must be a non-empty subset of {allowed}, got {values!r}.")
 
 
-def _check_backbone(text: PretrainedConfig) -> None:
-    """Refuses backbones whose attention the generated LoRA and the fusion do not cover, naming the supported ones."""
+def _check_backbone_type(text: PretrainedConfig) -> None:
+    """Refuses backbone types whose module names the generated LoRA does not know, naming the supported ones."""
     supported = ENCODER_DECODER_TYPES + DECODER_ONLY_TYPES
     if text.model_type not in supported:
         raise ValueError(
             f"TAGI does not support `{text.model_type}` backbones; supported: {', '.join(supported)} "
             "(T5 as encoder-decoder; Llama / SmolLM, Qwen2 and Mistral as decoder-only LMs)."
         )
+
+
+def _check_backbone(text: PretrainedConfig) -> None:
+    """Refuses backbones whose attention the generated LoRA and the fusion do not cover, naming the supported ones."""
+    _check_backbone_type(text)
     if getattr(text, "use_sliding_window", False) or (
         text.model_type == "mistral" and getattr(text, "sliding_window", None) is not None
     ):
