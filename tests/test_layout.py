@@ -207,6 +207,8 @@ def test_top_level_exports_what_users_reach_for():
     assert (tagi_hf.TagiTrainer, tagi_hf.TagiTrainingArguments) == (TagiTrainer, TagiTrainingArguments)
     assert (tagi_hf.TagiDataCollator, tagi_hf.TeacherBank) == (TagiDataCollator, TeacherBank)
     assert {"TagiTrainer", "TagiTrainingArguments", "TagiDataCollator", "TeacherBank"} <= set(tagi_hf.__all__)
+    assert tagi_hf.TagiPreTrainedModel in tagi_hf.TagiModel.__mro__  # the shared base class, exported
+    assert tagi_hf.TagiPreTrainedModel in tagi_hf.TagiForCausalLM.__mro__
     assert set(tagi_hf.__all__) <= set(dir(tagi_hf))
     with pytest.raises(AttributeError, match="no attribute 'NotAThing'"):
         tagi_hf.NotAThing  # noqa: B018
@@ -226,4 +228,5 @@ def test_old_module_paths_still_import_the_same_objects_with_a_warning(old, new,
         warnings.simplefilter("always")
         module = importlib.import_module(old)
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
-    assert any(issubclass(w.category, FutureWarning) and new in str(w.message) for w in caught)
+    [warning] = [w for w in caught if issubclass(w.category, FutureWarning) and new in str(w.message)]
+    assert "goes in tagi-hf 0.3.0" in str(warning.message)  # the version that removes the old path

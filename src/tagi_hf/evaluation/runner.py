@@ -29,6 +29,7 @@ from ..modeling import TagiConfig, TagiPreTrainedModel, tagi_class_for
 from ..modeling.configuration_tagi import DECODER_ONLY_TYPES, ENCODER_DECODER_TYPES
 from ..modeling.file_utils import atomic_write_text
 from ..modeling.instructions import check_tokenizer
+from ..teachers.seq2seq import load_backbone
 from .instruction_modes import INSTRUCTION_MODES, task_instructions
 from .metrics import compute_metrics
 from .rank_classification import ScoreFn, load_rank_classification_jsonl, option_nll, rank_classification
@@ -73,12 +74,11 @@ def load_for_evaluation(
             f"`{path}` holds a model of type {config.model_type!r}; expected 'tagi', 't5' or one of "
             f"{DECODER_ONLY_TYPES}."
         )
-    family = tagi_class_for(config)  # TagiModel or TagiForCausalLM, which also know how to load a plain backbone
     if config.model_type == "tagi":
-        model, kind = family.from_pretrained(path), "tagi"
+        model, kind = tagi_class_for(config).from_pretrained(path), "tagi"
     else:
-        model = family.backbone_auto_class.from_pretrained(path)
-        kind = "t5" if family.is_encoder_decoder else "causal_lm"
+        model = load_backbone(path)[0]
+        kind = "t5" if TagiConfig.is_encoder_decoder_config(config) else "causal_lm"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_tokenizer(tokenizer, _vocab_size(model))

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..modeling import TagiForCausalLM, TagiModel
+
 if TYPE_CHECKING:
     from ..modeling.adapter import GeneratedAdapter
     from ..modeling.modeling_tagi_base import TagiPreTrainedModel
@@ -73,8 +75,10 @@ def modules_summary(module_names: Sequence[str]) -> str:
 
 
 def _auto_class(task_type: str | None) -> str:
-    """The transformers Auto class a PEFT adapter's base loads with."""
-    return "AutoModelForCausalLM" if task_type == "CAUSAL_LM" else "AutoModelForSeq2SeqLM"
+    """The transformers Auto class a PEFT adapter's base loads with: that of the family whose adapters have
+    `task_type` (T5's when it is not recorded)."""
+    family = TagiForCausalLM if task_type == TagiForCausalLM.peft_task_type else TagiModel
+    return family.backbone_auto_class.__name__
 
 
 def _one_line(text: str | None, width: int = 100) -> str:

@@ -19,47 +19,52 @@ POOLING_MODES = ("mean", "attention")
 
 class TagiConfig(PretrainedConfig):
     r"""
-    Configuration for [`TagiModel`]: a T5 backbone, the hypernetwork that turns an instruction into LoRA factors,
-    and the instruction fusion of the paper (hierarchical cross-attention).
+    Configuration for [`TagiModel`] and [`TagiForCausalLM`]: a frozen backbone (T5, or a decoder-only Llama /
+    SmolLM, Qwen2 or Mistral LM), the hypernetwork that turns an instruction into LoRA factors, and the instruction
+    fusion of the paper (hierarchical cross-attention).
 
     Args:
-        text_config (`T5Config` or `dict`, *optional*):
-            The backbone's configuration. Defaults to `T5Config()`. `decoder_start_token_id` is set to the pad id
-            when missing (T5's convention; `generate` needs it).
+        text_config (`PretrainedConfig` or `dict`, *optional*):
+            The backbone's configuration: a `T5Config`, or a `LlamaConfig` / `Qwen2Config` / `MistralConfig` (full
+            attention). Defaults to `T5Config()`. For T5, `decoder_start_token_id` is set to the pad id when missing
+            (T5's convention; `generate` needs it).
         lora_rank (`int`, defaults to 8):
             Rank `r` of every generated LoRA update (paper: 32).
         lora_alpha (`float`, defaults to 16):
             LoRA scaling numerator; the update is `(lora_alpha / r) * B @ A`, as in PEFT.
         lora_target_modules (`list[str]`, defaults to `["q", "v"]`):
             Attention projections that receive a generated adapter (any of `q`, `k`, `v`, `o`). The paper uses q and v.
-        lora_attention_kinds (`list[str]`, defaults to all three):
-            Attention modules that receive adapters: `encoder_self`, `decoder_self`, `decoder_cross`.
+        lora_attention_kinds (`list[str]`, defaults to every attention the backbone has):
+            Attention modules that receive adapters: T5's `encoder_self`, `decoder_self`, `decoder_cross`; a
+            decoder-only LM has `decoder_self` only.
         fusion (`str`, defaults to `"cross_attention"`):
             `"cross_attention"` adds the paper's instruction fusion (Eq. 1): a zero-gated cross-attention to the
-            instruction after every encoder layer and a gated decoder attention over `(I ; F_L)`. `"none"` gives
-            plain LoRA adapters that export exactly to PEFT.
+            instruction after every encoder layer and a gated decoder attention over `(I ; F_L)` (T5), or a
+            zero-gated cross-attention to the instruction after every layer (decoder-only). `"none"` gives plain
+            LoRA adapters that export exactly to PEFT.
         hypernet_hidden_size (`int`, defaults to 128):
             Width of the generator's trunk.
         hypernet_embedding_size (`int`, defaults to 64):
-            Size of the learned (layer, attention kind, projection) embedding that tells the shared trunk which
-            module it is generating for.
+            Size of the learned (attention kind, layer) embedding that tells the shared trunk which attention module
+            it is generating for (the projection, q / k / v / o, is told apart by its own pair of output heads).
         hypernet_dropout (`float`, defaults to 0.0):
             Dropout inside the generator trunk.
         max_instruction_length (`int`, defaults to 1024):
             Instructions longer than this many tokens are truncated (with one warning).
         instruction_encoder (`str`, defaults to `"separate"`):
-            What reads the instruction. `"separate"`: a copy of the backbone's encoder, initialised from its weights,
-            that trains with the generator (HINT's choice); its states feed both the generator and the fusion.
-            `"backbone"`: the frozen backbone's own encoder (the paper; no extra parameters). The default was chosen
+            What reads the instruction. `"separate"`: a copy of the backbone's encoder (a decoder-only LM's decoder
+            stack), initialised from its weights, that trains with the generator (HINT's choice); its states feed
+            both the generator and the fusion. `"backbone"`: the frozen backbone's own encoder (decoder stack; the
+            paper; no extra parameters). The default was chosen
             on the synthetic suite's dev split (see `benchmarks/results/probes/generator.md`).
         instruction_pooling (`str`, defaults to `"attention"`):
             How the instruction's token states become the generator's input. `"mean"`: one masked mean for every
             generated module (the paper). `"attention"`: a learned query per (attention kind, layer) attends over the
             tokens (masked), so each module reads what it needs; the queries start at zero, which is the mean.
         pooling_num_heads (`int`, *optional*):
-            Heads of the attention pooling. Defaults to the backbone's `num_heads`.
+            Heads of the attention pooling. Defaults to the backbone's number of attention heads.
         fusion_num_heads (`int`, *optional*):
-            Heads of the encoder fusion cross-attention. Defaults to the backbone's `num_heads`.
+            Heads of the fusion cross-attention. Defaults to the backbone's number of attention heads.
         base_model_name_or_path (`str`, *optional*):
             Name or path of the backbone checkpoint; written into exported PEFT adapters.
 

@@ -42,6 +42,24 @@ logger = logging.get_logger(__name__)
 
 
 class TagiPreTrainedModel(PreTrainedModel):
+    r"""
+    The base of [`TagiModel`] (T5) and [`TagiForCausalLM`] (decoder-only LMs): the type to name for "a TAGI model of
+    either family". Not built itself; the family classes are.
+
+    Example:
+
+    ```python
+    >>> from transformers import LlamaConfig
+    >>> from tagi_hf import TagiConfig, TagiForCausalLM, TagiPreTrainedModel
+    >>> text = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                    num_attention_heads=4, num_key_value_heads=2)
+    >>> model = TagiForCausalLM(TagiConfig(text_config=text, lora_rank=4))
+    >>> isinstance(model, TagiPreTrainedModel), model.is_encoder_decoder, model.peft_task_type
+    (True, False, 'CAUSAL_LM')
+
+    ```
+    """
+
     config_class = TagiConfig
     config: TagiConfig
     base_model_prefix = "tagi"
