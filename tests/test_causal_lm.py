@@ -247,6 +247,35 @@ def test_unsupported_backbones_are_refused_naming_what_is_supported(build, messa
         build()
 
 
+def test_the_model_classes_own_the_family_and_the_package_reads_it_from_them(tmp_path):
+    """One owner of "T5 or decoder-only": each class declares its family, `TagiConfig.is_encoder_decoder_config`
+    tells configs (and paths) apart, and the class choice, the teachers' backbone loading and the collator follow."""
+    from transformers import T5ForConditionalGeneration
+
+    from tagi_hf import TagiPreTrainedModel
+    from tagi_hf.data import TagiCausalDataCollator, TagiDataCollator, collator_for
+    from tagi_hf.modeling import tagi_class_for
+    from tagi_hf.teachers.seq2seq import load_backbone
+
+    assert issubclass(TagiModel, TagiPreTrainedModel) and issubclass(TagiForCausalLM, TagiPreTrainedModel)
+    declared = [(c.is_encoder_decoder, c.peft_task_type, c.auto_class_name) for c in (TagiModel, TagiForCausalLM)]
+    assert declared == [(True, "SEQ_2_SEQ_LM", "AutoModel"), (False, "CAUSAL_LM", "AutoModelForCausalLM")]
+    t5 = T5Config(vocab_size=96, d_model=32, num_heads=4, d_kv=8, d_ff=64, num_layers=1)
+    model = tiny_causal()
+    for config, cls in [(t5, TagiModel), (TagiConfig(text_config=t5), TagiModel), (text_config(), TagiForCausalLM),
+                        (model.config, TagiForCausalLM), (model, TagiForCausalLM)]:  # fmt: skip
+        assert tagi_class_for(config) is cls
+    assert TagiConfig.is_encoder_decoder_config(t5) and not TagiConfig.is_encoder_decoder_config(model.config)
+    T5ForConditionalGeneration(t5).save_pretrained(tmp_path / "t5")
+    model.save_pretrained(tmp_path / "tagi")
+    assert (tagi_class_for(tmp_path / "t5"), tagi_class_for(tmp_path / "tagi")) == (TagiModel, TagiForCausalLM)
+    assert type(load_backbone(tmp_path / "t5")[0]) is T5ForConditionalGeneration
+    assert type(collator_for(tiny_tokenizer(), t5)) is TagiDataCollator
+    assert type(collator_for(tiny_tokenizer(), model.config)) is TagiCausalDataCollator
+    with pytest.raises(ValueError, match="not support `gpt2`.*llama"):
+        tagi_class_for(GPT2Config(n_embd=32, n_layer=1, n_head=4))
+
+
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_a_loaded_backbone_keeps_its_attention_implementation_when_wrapped(attention):
     """`TagiConfig(text_config=backbone.config)` shares the backbone's config; the composite config's init used to
@@ -336,13 +365,15 @@ def test_a_causal_lm_adapter_pushes_to_the_hub_and_peft_loads_it_from_there(hub_
 
     from huggingface_hub import ModelCard, hf_hub_download
 
+    from tagi_hf.hub import push_adapter_to_hub
+
     model = tiny_causal()
     plain = AutoModelForCausalLM.from_config(model.config.text_config).eval()
     plain.load_state_dict(model.backbone.state_dict())
     plain.push_to_hub("test-user/tiny-llama")
     adapter = model.generate_adapter("Sort the words.", tokenizer=tiny_tokenizer())
     adapter = dataclasses.replace(adapter, base_model_name_or_path="test-user/tiny-llama")
-    adapter.push_to_hub("test-user/sort-adapter")
+    push_adapter_to_hub(adapter, "test-user/sort-adapter")
     card = ModelCard.load(hf_hub_download("test-user/sort-adapter", "README.md"))
     assert card.data.library_name == "peft" and card.data.base_model == "test-user/tiny-llama"
     base = AutoModelForCausalLM.from_pretrained("test-user/tiny-llama").eval()

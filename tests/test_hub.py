@@ -19,8 +19,10 @@ from tagi_hf.hub import (
     HubUploadError,
     generate_and_push,
     load_adapters,
+    push_adapter_to_hub,
     push_adapters_to_hub,
     push_generated,
+    push_model_to_hub,
     push_teachers_to_hub,
     save_adapters,
 )
@@ -69,7 +71,7 @@ def card_of(repo_id: str, subfolder: str | None = None) -> ModelCard:
 
 def test_generator_push_then_load_gives_identical_outputs(hub_env, tmp_path):
     model = tiny_model("cross_attention")
-    info = model.push_to_hub(GEN, license="apache-2.0", tokenizer=tiny_tokenizer())
+    info = push_model_to_hub(model, GEN, license="apache-2.0", tokenizer=tiny_tokenizer())
 
     [commit] = hub_env.commits(GEN)
     assert info.oid == commit.oid and commit.message == "Upload TAGI generator"
@@ -97,7 +99,7 @@ def test_generator_push_then_load_gives_identical_outputs(hub_env, tmp_path):
 
 def test_generator_loads_with_remote_code_without_the_package(hub_env, run_against_hub, tmp_path):
     model = tiny_model("cross_attention")
-    model.push_to_hub(GEN)
+    push_model_to_hub(model, GEN)
     torch.save(batch(), tmp_path / "inputs.pt")
     torch.save(logits(model, **instruction_inputs()), tmp_path / "out.pt")
     stdout = run_against_hub(
@@ -123,7 +125,7 @@ def test_generator_loads_with_remote_code_without_the_package(hub_env, run_again
 def test_adapter_push_is_one_commit_that_peft_loads(hub_env, tmp_path):
     model, (adapter, *_) = generated("none")
     base = push_backbone(model)
-    adapter.push_to_hub(REPO, generator_repo=GEN, generator_revision="v1.0")
+    push_adapter_to_hub(adapter, REPO, generator_repo=GEN, generator_revision="v1.0")
 
     [commit] = hub_env.commits(REPO)
     files = {"README.md", "adapter_config.json", "adapter_model.safetensors", "tagi_adapter.json"}
@@ -275,8 +277,8 @@ def test_no_token_is_refused_before_any_request(hub_env, monkeypatch, tmp_path):
     model, adapters = generated("none")
     write_teacher_bank(tmp_path / "bank")
     pushes = [
-        lambda: model.push_to_hub(GEN),
-        lambda: adapters[0].push_to_hub(REPO),
+        lambda: push_model_to_hub(model, GEN),
+        lambda: push_adapter_to_hub(adapters[0], REPO),
         lambda: push_adapters_to_hub(adapters, REPO),
         lambda: push_teachers_to_hub(tmp_path / "bank", REPO),
         lambda: generate_and_push(model, tiny_tokenizer(), "x", REPO, base_model_name_or_path=BASE),
@@ -291,7 +293,7 @@ def test_no_token_is_refused_before_any_request(hub_env, monkeypatch, tmp_path):
 def test_adapter_without_a_hub_base_model_is_refused_before_any_request(hub_env, base):
     _, adapters = generated("none", base=base)
     with pytest.raises(ValueError, match="`base_model_name_or_path`"):
-        adapters[0].push_to_hub(REPO)
+        push_adapter_to_hub(adapters[0], REPO)
     with pytest.raises(ValueError, match="`base_model_name_or_path`"):
         push_adapters_to_hub([dataclasses.replace(adapters[0], base_model_name_or_path=BASE), adapters[1]], REPO)
     assert hub_env.requests == []
@@ -309,17 +311,17 @@ def test_teacher_bank_without_base_model_is_refused(hub_env, tmp_path):
 def test_existing_repo_gets_a_second_commit(hub_env):
     _, adapters = generated("none")
     hub_env.create_repo(REPO)
-    adapters[0].push_to_hub(REPO)
-    adapters[1].push_to_hub(REPO, commit_message="second adapter")
+    push_adapter_to_hub(adapters[0], REPO)
+    push_adapter_to_hub(adapters[1], REPO, commit_message="second adapter")
     assert [c.message for c in hub_env.commits(REPO)] == ["Upload TAGI generated adapter", "second adapter"]
     pushed = json.loads(hub_env.files(REPO)["tagi_adapter.json"])
     assert pushed["instruction"] == INSTRUCTIONS[1]
-    adapters[1].push_to_hub(REPO)  # unchanged content: no error (and nothing new to commit)
+    push_adapter_to_hub(adapters[1], REPO)  # unchanged content: no error (and nothing new to commit)
 
 
 def test_push_to_a_branch_of_a_private_repo(hub_env):
     _, adapters = generated("none")
-    adapters[0].push_to_hub(REPO, revision="dev", private=True)
+    push_adapter_to_hub(adapters[0], REPO, revision="dev", private=True)
     assert hub_env.repo(REPO).private
     assert "adapter_config.json" in hub_env.files(REPO, "dev")
     assert "adapter_config.json" not in hub_env.files(REPO)
@@ -361,4 +363,4 @@ def test_bad_names_and_bad_banks_are_refused(tmp_path):
     with pytest.raises(ValueError, match="holds no adapters"):
         push_generated(tmp_path, REPO)
     with pytest.raises(ValueError, match="`generator_repo` must be"):
-        adapters[0].push_to_hub(REPO, generator_repo=str(tmp_path))
+        push_adapter_to_hub(adapters[0], REPO, generator_repo=str(tmp_path))

@@ -8,6 +8,7 @@ import torch
 from huggingface_hub import ModelCard, hf_hub_download
 
 from tagi_hf import GeneratedAdapter
+from tagi_hf.hub import push_model_to_hub
 from tagi_hf.hub.cards import (
     TEMPLATES,
     adapter_model_card,
@@ -67,7 +68,7 @@ def test_curated_card_loads_with_required_metadata(path):
 def test_curated_card_is_pushed_verbatim(hub_env):
     model = tiny_model("none")
     path = next(p for p in CURATED if p.parent.name == "tagi-synthetic-demo")
-    model.push_to_hub("test-user/demo", model_card=path)
+    push_model_to_hub(model, "test-user/demo", model_card=path)
     assert Path(hf_hub_download("test-user/demo", "README.md")).read_bytes() == path.read_bytes()
 
 
@@ -176,14 +177,21 @@ def test_cached_rendering_equals_hub_from_template():
     assert str(adapter_model_card(adapter)) == str(ours)  # a second render (cached template) is identical
 
 
-def test_adapter_save_writes_the_card_it_is_given(tmp_path):
+def test_adapter_save_writes_the_card_it_is_given_else_the_model_folders_minimal_card(tmp_path):
+    """The model folder writes its minimal card; the Hub side composes the full one and hands it over."""
     adapter = handmade_adapter()
     card = adapter_model_card(adapter, repo_id="me/adapters", subfolder="000-reverse")
     adapter.save_pretrained(tmp_path / "a", model_card=card)
     assert (tmp_path / "a" / "README.md").read_text() == str(card)
     assert "000-reverse" in str(card)
-    adapter.save_pretrained(tmp_path / "b")
-    assert (tmp_path / "b" / "README.md").read_text() == str(adapter_model_card(adapter))
+    adapter.save_pretrained(tmp_path / "b", model_card="---\nlibrary_name: peft\n---\n\nhand-written\n")
+    assert (tmp_path / "b" / "README.md").read_text() == "---\nlibrary_name: peft\n---\n\nhand-written\n"
+    adapter.save_pretrained(tmp_path / "c")
+    minimal = ModelCard.load(tmp_path / "c" / "README.md")
+    assert minimal.text != ModelCard(str(adapter_model_card(adapter))).text  # not the Hub side's card
+    assert (minimal.data.library_name, minimal.data.base_model) == ("peft", BASE)
+    assert f"base_model:adapter:{BASE}" in minimal.data.tags
+    assert adapter.instruction.replace("\n", " ") in minimal.text and "drops the fusion" not in minimal.text
 
 
 @pytest.mark.parametrize("generator", ["default", "paper"])

@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from hub_server import FakeHub
 from tagi_hf.data import TagiDataCollator
-from tagi_hf.hub import push_adapters_to_hub, push_teachers_to_hub
+from tagi_hf.hub import push_adapter_to_hub, push_adapters_to_hub, push_model_to_hub, push_teachers_to_hub
 from tagi_hf.training.arguments import TagiTrainingArguments
 from tagi_hf.training.trainer import TagiTrainer
 from tiny import tiny_model, tiny_tokenizer
@@ -142,8 +142,8 @@ def test_pushes_write_and_log_no_token(hub_env, debug_logs, tmp_path, capsys):
     from test_hub import BASE, generated, write_teacher_bank
 
     model, adapters = generated("cross_attention", base=BASE)
-    model.push_to_hub("test-user/generator", token=SECRET)  # explicit token
-    adapters[0].push_to_hub("test-user/one")  # HF_TOKEN from the environment
+    push_model_to_hub(model, "test-user/generator", token=SECRET)  # explicit token
+    push_adapter_to_hub(adapters[0], "test-user/one")  # HF_TOKEN from the environment
     push_adapters_to_hub(adapters, "test-user/many")
     write_teacher_bank(tmp_path / "bank")
     push_teachers_to_hub(tmp_path / "bank", "test-user/teachers")

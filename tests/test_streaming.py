@@ -82,7 +82,7 @@ def test_names_are_checked_and_used(tmp_path):
 
 def test_bad_instructions_and_arguments_name_the_problem(tmp_path):
     model, tokenizer = tiny_model("none"), tiny_tokenizer()
-    with pytest.raises(ValueError, match="Instruction 4 is empty or whitespace"):
+    with pytest.raises(ValueError, match=r"`instructions\[4\]` is empty or whitespace"):
         generate_adapters_to_disk(model, tokenizer, [*INSTRUCTIONS[:4], "  \n"], tmp_path / "a", batch_size=2)
     with pytest.raises(ValueError, match="`instructions` is empty"):
         generate_adapters_to_disk(model, tokenizer, iter([]), tmp_path / "a")

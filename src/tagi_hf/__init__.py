@@ -10,7 +10,7 @@ import importlib
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from . import _compat
-from .modeling import GeneratedAdapter, TagiConfig, TagiForCausalLM, TagiModel, TaskState
+from .modeling import GeneratedAdapter, TagiConfig, TagiForCausalLM, TagiModel, TagiPreTrainedModel, TaskState
 
 __version__ = "0.1.0"
 
@@ -18,9 +18,9 @@ AutoConfig.register("tagi", TagiConfig, exist_ok=True)
 AutoModel.register(TagiConfig, TagiModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(TagiConfig, TagiModel, exist_ok=True)
 TagiConfig.register_for_auto_class()
-TagiModel.register_for_auto_class("AutoModel")
+TagiModel.register_for_auto_class(TagiModel.auto_class_name)
 AutoModelForCausalLM.register(TagiConfig, TagiForCausalLM, exist_ok=True)
-TagiForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+TagiForCausalLM.register_for_auto_class(TagiForCausalLM.auto_class_name)
 _compat.install()
 
 # Imported on first use (they pull in `transformers.Trainer` and `datasets`): `from tagi_hf import TagiTrainer`.
@@ -48,6 +48,7 @@ __all__ = [
     "TagiDataCollator",
     "TagiForCausalLM",
     "TagiModel",
+    "TagiPreTrainedModel",
     "TagiTrainer",
     "TagiTrainingArguments",
     "TaskState",

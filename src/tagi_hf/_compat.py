@@ -1,8 +1,10 @@
-"""The module paths of tagi-hf before its subpackages (`tagi_hf.trainer`, `tagi_hf.hub`, ...) keep importing.
+"""The module paths of tagi-hf before its subpackages (`tagi_hf.trainer`, `tagi_hf.hub`, ...) keep importing until
+tagi-hf 0.3.0 ([`REMOVED_IN`]), which removes these redirects.
 
 `import tagi_hf.trainer` gives the module now at `tagi_hf.training.trainer` (the same module object, so classes
-and functions are identical) with a `FutureWarning` naming the new path. Package names that still exist
-(`tagi_hf.hub`, `tagi_hf.evaluation`, `tagi_hf.teachers`) re-export what their old modules held.
+and functions are identical) with a `FutureWarning` naming the new path and the version the old one goes in.
+Package names that still exist (`tagi_hf.hub`, `tagi_hf.evaluation`, `tagi_hf.teachers`) re-export what their old
+modules held.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import sys
 import warnings
 
+REMOVED_IN = "0.3.0"  # the first release without the old paths below
 MOVED = {
     "tagi_hf.configuration_tagi": "tagi_hf.modeling.configuration_tagi",
     "tagi_hf.modeling_tagi": "tagi_hf.modeling.modeling_tagi",
@@ -53,7 +56,8 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = MOVED[spec.name]
-        warnings.warn(f"`{spec.name}` moved to `{new}`; import it from there.", FutureWarning, stacklevel=4)
+        message = f"`{spec.name}` moved to `{new}`; import it from there (the old path goes in tagi-hf {REMOVED_IN})."
+        warnings.warn(message, FutureWarning, stacklevel=4)
         return importlib.import_module(new)
 
     def exec_module(self, module):  # the module is already executed under its new name

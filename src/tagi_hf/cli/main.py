@@ -229,7 +229,7 @@ def _instruction_file_entries(path: Path) -> list[dict[str, Any]]:
 
 def _run_generate_adapter(args: argparse.Namespace) -> int:
     from ..evaluation.runner import load_for_evaluation
-    from ..hub import save_adapters
+    from ..hub import adapter_model_card, save_adapters
 
     instructions = _read_instructions(args)
     model, tokenizer, kind = load_for_evaluation(args.model, device=args.device)
@@ -245,7 +245,7 @@ def _run_generate_adapter(args: argparse.Namespace) -> int:
     adapters = model.generate_adapter(instructions, tokenizer, batch_size=args.batch_size)
     out = Path(args.out)
     if args.instruction is not None:
-        adapters[0].save_pretrained(out)
+        adapters[0].save_pretrained(out, model_card=adapter_model_card(adapters[0]))
         print(f"Wrote the adapter to {out}")
         return _maybe_push(args, out)
     save_adapters(adapters, out, names=[f"adapter-{i:03d}" for i in range(len(adapters))])

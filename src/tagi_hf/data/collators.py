@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..modeling.configuration_tagi import TagiConfig
 from ..modeling.instructions import tokenize_instructions
 from .prompts import TEACHER_BRIDGE, format_instruction, format_student_input, format_teacher_input, parse_setting
 
@@ -257,7 +258,7 @@ class TagiCausalDataCollator(TagiDataCollator):
 def collator_for(tokenizer: PreTrainedTokenizerBase, config, **kwargs) -> TagiDataCollator:
     """The collator a backbone reads: [`TagiDataCollator`] for T5, [`TagiCausalDataCollator`] for a decoder-only LM
     (`config`: the backbone's or a `TagiConfig`)."""
-    cls = TagiDataCollator if getattr(config, "is_encoder_decoder", False) else TagiCausalDataCollator
+    cls = TagiDataCollator if TagiConfig.is_encoder_decoder_config(config) else TagiCausalDataCollator
     return cls(tokenizer, **kwargs)
 
 

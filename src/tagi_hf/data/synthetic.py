@@ -1,4 +1,4 @@
-"""The synthetic instruction suite (contract: `spec/synthetic-suite.md`), written in the SNI layout.
+"""The synthetic instruction suite (contract: `docs/synthetic-suite.md`), written in the SNI layout.
 
 Tasks are chains of one or two word-list operations (`synthetic_ops.py`). The suite for a seed (same seed, same
 bytes) holds the spec's 323 train tasks, split into train and dev, and its 51 test tasks:
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from ..modeling.file_utils import replace_directory
 from .synthetic_ops import (
     OPERATIONS,
     WORDS,
@@ -193,9 +194,7 @@ def _replace_dirs_atomically(out_dir: Path, files: dict[str, str]) -> None:
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             (staging / relative).write_text(text, encoding="utf-8", newline="")
         for top in sorted({relative.split("/")[0] for relative in files}):
-            if (out_dir / top).exists():
-                (out_dir / top).rename(staging / f"previous-{top}")
-            (staging / top).rename(out_dir / top)
+            replace_directory(staging / top, out_dir / top)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -96,7 +96,8 @@ def predict_with_teachers(
     Greedy predictions of each row's own LoRA teacher (`bank`: a [`~tagi_hf.teachers.TeacherBank`]) on the row's
     input alone, as the teachers were trained. Rows of different tasks share a batch: each example runs through its
     own teacher's factors (the PEFT maths, `W x + (alpha/r) B A x`). `backbone` (a T5) gets per-example LoRA layers
-    on the teachers' modules, removed again before returning.
+    on the teachers' modules, installed in place and left there: with no teacher's factors installed they compute
+    the plain linear, so the backbone's own outputs are unchanged afterwards.
 
     Returns:
         `list[dict]`: `task`, `category`, `prediction`, `references` per row, in order.

@@ -21,14 +21,15 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, T5ForConditionalGeneration
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
 from ..data import IGNORE_INDEX, format_student_input, in_context_ids, load_sni, parse_setting
-from ..modeling import TagiModel, tagi_class_for
-from ..modeling.configuration_tagi import DECODER_ONLY_TYPES
+from ..modeling import TagiConfig, TagiPreTrainedModel, tagi_class_for
+from ..modeling.configuration_tagi import DECODER_ONLY_TYPES, ENCODER_DECODER_TYPES
 from ..modeling.file_utils import atomic_write_text
 from ..modeling.instructions import check_tokenizer
+from ..teachers.seq2seq import load_backbone
 from .instruction_modes import INSTRUCTION_MODES, task_instructions
 from .metrics import compute_metrics
 from .rank_classification import ScoreFn, load_rank_classification_jsonl, option_nll, rank_classification
@@ -67,17 +68,17 @@ def load_for_evaluation(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"`{path}` is not a saved model directory: it has no config.json.")
-    model_type = AutoConfig.from_pretrained(path).model_type
-    if model_type == "tagi":
-        model, kind = tagi_class_for(path).from_pretrained(path), "tagi"
-    elif model_type == "t5":
-        model, kind = T5ForConditionalGeneration.from_pretrained(path), "t5"
-    elif model_type in DECODER_ONLY_TYPES:
-        model, kind = AutoModelForCausalLM.from_pretrained(path), "causal_lm"
-    else:
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in ("tagi", *ENCODER_DECODER_TYPES, *DECODER_ONLY_TYPES):
         raise ValueError(
-            f"`{path}` holds a model of type {model_type!r}; expected 'tagi', 't5' or one of {DECODER_ONLY_TYPES}."
+            f"`{path}` holds a model of type {config.model_type!r}; expected 'tagi', 't5' or one of "
+            f"{DECODER_ONLY_TYPES}."
         )
+    if config.model_type == "tagi":
+        model, kind = tagi_class_for(config).from_pretrained(path), "tagi"
+    else:
+        model = load_backbone(path)[0]
+        kind = "t5" if TagiConfig.is_encoder_decoder_config(config) else "causal_lm"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_tokenizer(tokenizer, _vocab_size(model))
@@ -190,7 +191,7 @@ def _generate(model, tokenizer, instruction: str, inputs: list[str], state, max_
     """Decoded, stripped outputs of one batch: TAGI with the task's state (input alone), a plain model with the
     instruction in context. A decoder-only model gets left-padded prompts; its answer is the first line it writes
     after the prompt."""
-    decoder_only = not model.config.is_encoder_decoder
+    decoder_only = not TagiConfig.is_encoder_decoder_config(model.config)
     side, tokenizer.padding_side = tokenizer.padding_side, "left" if decoder_only else tokenizer.padding_side
     try:
         if state is not None:
@@ -207,7 +208,7 @@ def _generate(model, tokenizer, instruction: str, inputs: list[str], state, max_
     return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
 
 
-def _task_adapters(model: TagiModel, tokenizer, instructions: Mapping[str, str], batch_size: int) -> dict:
+def _task_adapters(model: TagiPreTrainedModel, tokenizer, instructions: Mapping[str, str], batch_size: int) -> dict:
     """`{task: adapter}`, generated in one batched call; tasks sharing an instruction share its adapter. The `empty`
     mode's `""` is generated as is (EOS alone); no other mode yields an empty instruction."""
     unique = list(dict.fromkeys(instructions.values()))
@@ -326,7 +327,7 @@ def make_score_fn(
     per-row list, the input alone as source. T5: instruction and input in context.
     """
     _check_choice("kind", kind, MODEL_KINDS)
-    if not model.config.is_encoder_decoder:
+    if not TagiConfig.is_encoder_decoder_config(model.config):
         raise ValueError("Rank classification is written for T5-based models; decoder-only models: use `predict`.")
     cache: dict[str, Any] = {}
 

@@ -3,7 +3,7 @@
 Metadata goes through `huggingface_hub.ModelCardData`, prose through `templates/*.md` (rendered as
 `ModelCard.from_template` renders them, each template compiled once per process):
 
-- [`generator_model_card`]: a trained [`TagiModel`] (`library_name: transformers`);
+- [`generator_model_card`]: a trained [`TagiModel`] or [`TagiForCausalLM`] (`library_name: transformers`);
 - [`adapter_model_card`] / [`adapters_model_card`]: one generated adapter / a repo of many (`library_name: peft`,
   `base_model`, and the tag `base_model:adapter:<base id>` that links an adapter to its base on the Hub);
 - [`teacher_model_card`] / [`teachers_model_card`]: instance-trained LoRA teachers (one / a whole bank).
@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..modeling import TagiForCausalLM, TagiModel
+
 if TYPE_CHECKING:
     from ..modeling.adapter import GeneratedAdapter
-    from ..modeling.modeling_tagi import TagiModel
+    from ..modeling.modeling_tagi_base import TagiPreTrainedModel
 
 TEMPLATES = Path(__file__).parent / "templates"
 TAGI_TAGS = ["tagi", "lora", "hypernetwork", "instruction-learning"]
@@ -73,8 +75,10 @@ def modules_summary(module_names: Sequence[str]) -> str:
 
 
 def _auto_class(task_type: str | None) -> str:
-    """The transformers Auto class a PEFT adapter's base loads with."""
-    return "AutoModelForCausalLM" if task_type == "CAUSAL_LM" else "AutoModelForSeq2SeqLM"
+    """The transformers Auto class a PEFT adapter's base loads with: that of the family whose adapters have
+    `task_type` (T5's when it is not recorded)."""
+    family = TagiForCausalLM if task_type == TagiForCausalLM.peft_task_type else TagiModel
+    return family.backbone_auto_class.__name__
 
 
 def _one_line(text: str | None, width: int = 100) -> str:
@@ -136,13 +140,14 @@ def adapters_model_card(
 
 
 def generator_model_card(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     *,
     repo_id: str | None = None,
     license: str | None = None,
     tags: Sequence[str] = (),
 ) -> ModelCard:
-    """The card of a trained TAGI generator (a [`TagiModel`] checkpoint with its remote code)."""
+    """The card of a trained TAGI generator (a [`TagiModel`] or [`TagiForCausalLM`] checkpoint with its remote
+    code)."""
     config = model.config
     base = config.base_model_name_or_path or None
     count = lambda part: sum(p.numel() for p in part.parameters()) if part is not None else 0  # noqa: E731
@@ -160,7 +165,7 @@ def generator_model_card(
         fusion_parameters=sum(count(part) for part in fusion),
         instruction_encoder_parameters=count(model.instruction_encoder),
         backbone_parameters=count(model.backbone),
-        auto_class="AutoModel" if config.is_encoder_decoder else "AutoModelForCausalLM",
+        auto_class=model.auto_class_name,
     )
 
 

@@ -23,10 +23,11 @@ from huggingface_hub import snapshot_download
 
 from ..modeling.adapter import ADAPTER_CONFIG, GeneratedAdapter
 from ..modeling.file_utils import atomic_directory
+from ..modeling.instructions import check_instruction
 from .cards import adapter_model_card, adapters_model_card
 
 if TYPE_CHECKING:
-    from ..modeling.modeling_tagi import TagiModel
+    from ..modeling.modeling_tagi_base import TagiPreTrainedModel
 
 __all__ = ["generate_adapters_to_disk", "load_adapters", "save_adapters"]
 
@@ -48,7 +49,7 @@ class _CardRow:
 
 
 def generate_adapters_to_disk(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     tokenizer: Any,
     instructions: Iterable[str],
     out_dir: str | os.PathLike,
@@ -66,7 +67,7 @@ def generate_adapters_to_disk(
     previous content, never a partial set.
 
     Args:
-        model ([`TagiModel`]): the generator (its device is used).
+        model ([`TagiPreTrainedModel`]): the generator, of either family (its device is used).
         tokenizer: the model's tokenizer.
         instructions (`Iterable[str]`): formatted instructions (e.g. [`format_instruction`]); none may be empty.
         out_dir (`str` or `os.PathLike`): the folder to write.
@@ -118,7 +119,7 @@ def _save_one(adapter: GeneratedAdapter, root: Path, name: str, repo_id: str | N
 
 
 def _write_batch(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     tokenizer: Any,
     batch: list[tuple[str, str]],
     root: Path,
@@ -154,8 +155,7 @@ def _named_batches(
     for start in itertools.count(0, batch_size):
         batch = []
         for index, text in enumerate(itertools.islice(texts, batch_size), start):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"Instruction {index} is empty or whitespace; an instruction must describe the task.")
+            check_instruction(text, index)
             name = _default_name(index, text) if given is None else next(given, None)
             batch.append((_check_name(name, index, seen), text))
         if not batch:

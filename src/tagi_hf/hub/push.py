@@ -42,7 +42,7 @@ from .cards import (
 from .collections import ADAPTERS_INDEX, load_adapters, named_adapters, save_adapters  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
-    from ..modeling.modeling_tagi import TagiModel
+    from ..modeling.modeling_tagi_base import TagiPreTrainedModel
 
 
 class HubUploadError(RuntimeError):
@@ -138,7 +138,7 @@ def _push_files(
 
 
 def push_model_to_hub(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     repo_id: str,
     *,
     token: str | bool | None = None,
@@ -153,10 +153,11 @@ def push_model_to_hub(
     model_card: ModelCard | str | os.PathLike | None = None,
     tokenizer: Any = None,
 ) -> CommitInfo:
-    """Pushes a [`TagiModel`] (config, safetensors, remote code, card; optionally its tokenizer) in one commit.
+    """Pushes a TAGI model (config, safetensors, remote code, card; optionally its tokenizer) in one commit.
 
     The card is generated ([`generator_model_card`]) unless `model_card` (a `ModelCard` or a path to a curated
-    `README.md`, e.g. `model_cards/tagi-t5-base-lm-adapt-sni/README.md`) is given. What `TagiModel.push_to_hub` runs.
+    `README.md`, e.g. `model_cards/tagi-t5-base-lm-adapt-sni/README.md`) is given. `model.push_to_hub` is
+    transformers' own: the same model files with transformers' default card, no tokenizer and none of these checks.
     """
     token = _require_token(token)
     validate_repo_id(repo_id)
@@ -190,7 +191,7 @@ def push_adapter_to_hub(
     generator_revision: str | None = None,
     license: str | None = None,
 ) -> CommitInfo:
-    """Pushes one generated adapter as a PEFT LoRA repo (one commit); what `GeneratedAdapter.push_to_hub` runs.
+    """Pushes one generated adapter as a PEFT LoRA repo with its card ([`adapter_model_card`]), in one commit.
 
     `generator_repo` / `generator_revision` record where the generator is published (card and `tagi_adapter.json`);
     they default to the adapter's own provenance, with local paths dropped.
@@ -259,7 +260,7 @@ def push_generated(
 
 
 def generate_and_push(
-    model: TagiModel,
+    model: TagiPreTrainedModel,
     tokenizer: Any,
     instructions: str | Sequence[str],
     repo_id: str,

@@ -6,24 +6,22 @@ without the `tagi_hf` package. Training, teachers, evaluation, the Hub code and 
 here imports them (`tests/test_layout.py` checks both).
 """
 
-import os
+from torch import nn
 
 from .adapter import GeneratedAdapter
 from .configuration_tagi import TagiConfig
 from .modeling_tagi import TagiModel
+from .modeling_tagi_base import TagiPreTrainedModel
 from .modeling_tagi_causal import TagiForCausalLM
 from .task_state import TaskState, TaskStateCache
 
 
-def tagi_class_for(config) -> type:
+def tagi_class_for(config) -> type[TagiPreTrainedModel]:
     """[`TagiModel`] for a T5 backbone, [`TagiForCausalLM`] for a decoder-only one (`config`: the backbone's config,
-    a `TagiConfig`, or a path holding either)."""
-    if isinstance(config, (str, os.PathLike)):
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(config)
-    text = getattr(config, "text_config", None) if getattr(config, "model_type", None) == "tagi" else config
-    return TagiModel if getattr(text or config, "is_encoder_decoder", False) else TagiForCausalLM
+    a `TagiConfig`, a model, or a path holding either). Its class attributes (`backbone_auto_class`,
+    `auto_class_name`, `peft_task_type`, ...) are what differs between the two families."""
+    config = config.config if isinstance(config, nn.Module) else config
+    return TagiModel if TagiConfig.is_encoder_decoder_config(config) else TagiForCausalLM
 
 
 __all__ = [
@@ -31,6 +29,7 @@ __all__ = [
     "TagiConfig",
     "TagiForCausalLM",
     "TagiModel",
+    "TagiPreTrainedModel",
     "TaskState",
     "TaskStateCache",
     "tagi_class_for",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,7 +20,7 @@ from torch.nn import functional as F
 from .file_utils import atomic_directory
 
 if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo, ModelCard
+    from huggingface_hub import ModelCard
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -34,7 +32,7 @@ _PEFT_PREFIX = "base_model.model."
 @dataclass
 class GeneratedAdapter:
     r"""
-    A LoRA adapter generated from one instruction by a [`TagiModel`].
+    A LoRA adapter generated from one instruction by a [`TagiModel`] or [`TagiForCausalLM`].
 
     Args:
         lora_factors (`dict[str, tuple[torch.Tensor, torch.Tensor]]`):
@@ -55,6 +53,9 @@ class GeneratedAdapter:
     >>> adapter.save_pretrained("reverse-adapter")  # doctest: +SKIP
     >>> peft_model = GeneratedAdapter.from_pretrained("reverse-adapter").to_peft_model(t5)  # doctest: +SKIP
     ```
+
+    To publish one: `tagi_hf.hub.push_adapter_to_hub(adapter, "me/reverse-adapter")` (checks the base model is a Hub
+    id, writes the full card, one commit).
     """
 
     lora_factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -136,15 +137,15 @@ class GeneratedAdapter:
             raise ValueError(f"Adapter keys not used by the model: {sorted(result.unexpected_keys)[:5]}")
         return peft_model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, model_card: ModelCard | None = None) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, *, model_card: ModelCard | str | None = None) -> None:
         """Writes a standard PEFT LoRA directory (atomically), plus the instruction states when fusion is on.
 
-        `model_card`: the README to write (default: [`tagi_hf.hub.adapter_model_card`] of this adapter when the
-        tagi-hf package is installed; a short card with the same metadata in a remote-code process without it).
+        `model_card`: the README to write; by default [`minimal_adapter_card`] (the Hub metadata PEFT needs and the
+        instruction). The tagi-hf package composes a fuller card (provenance, adapted modules, loading snippet):
+        `adapter.save_pretrained(path, model_card=tagi_hf.hub.adapter_model_card(adapter))`, as its
+        `save_adapters`, `generate_adapters_to_disk` and pushes do.
         """
-        if model_card is None:
-            hub = hub_package()
-            model_card = hub.adapter_model_card(self) if hub is not None else minimal_adapter_card(self)
+        card = str(model_card) if model_card is not None else minimal_adapter_card(self)
         with atomic_directory(save_directory) as tmp:
             self.peft_config().save_pretrained(tmp)
             save_file(self.peft_state_dict(), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
@@ -152,35 +153,7 @@ class GeneratedAdapter:
                 states = {"instruction_states": self.instruction_states.detach().contiguous()}
                 save_file(states, tmp / INSTRUCTION_STATES, metadata={"format": "pt"})
             (tmp / PROVENANCE).write_text(json.dumps(self._provenance(), indent=2, sort_keys=True) + "\n")
-            model_card.save(tmp / "README.md")
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        token: str | None = None,
-        private: bool | None = None,
-        commit_message: str | None = None,
-        revision: str | None = None,
-        generator_repo: str | None = None,
-        generator_revision: str | None = None,
-        license: str | None = None,
-    ) -> CommitInfo:
-        """Pushes this adapter as a PEFT LoRA repo with its card in one commit ([`tagi_hf.hub.push_adapter_to_hub`]).
-
-        Refuses (before any network call) when `base_model_name_or_path` is not a Hub id or no token is available.
-        """
-        return require_hub_package("GeneratedAdapter.push_to_hub").push_adapter_to_hub(
-            self,
-            repo_id,
-            token=token,
-            private=private,
-            commit_message=commit_message,
-            revision=revision,
-            generator_repo=generator_repo,
-            generator_revision=generator_revision,
-            license=license,
-        )
+            (tmp / "README.md").write_text(card, encoding="utf-8", newline="")
 
     def _provenance(self) -> dict:
         return {
@@ -282,39 +255,22 @@ def _uniform_scaling(
     return uniform, config.lora_alpha
 
 
-def peft_task_type(config) -> str:
-    """PEFT's task type of an adapter for a backbone (its config, or a `TagiConfig`): T5's or a causal LM's."""
-    return "SEQ_2_SEQ_LM" if config.is_encoder_decoder else "CAUSAL_LM"
+def minimal_adapter_card(adapter: GeneratedAdapter) -> str:
+    """The card [`GeneratedAdapter.save_pretrained`] writes unless given one: the Hub metadata PEFT needs (with the tag
+    that links the adapter to its base model) and the instruction. Written here, in the model folder, so a process
+    that loaded the model as remote code without the tagi-hf package writes it too."""
+    from huggingface_hub import ModelCardData
 
-
-def hub_package() -> ModuleType | None:
-    """`tagi_hf.hub` (cards from the package's templates, Hub pushes) when tagi-hf is installed, else `None`.
-
-    Imported by name, so the bundle never depends on it: `save_pretrained` ships this folder only (transformers
-    follows `from .module import` lines), and a process that loaded the model with `trust_remote_code=True` without
-    the package still saves adapters (with [`minimal_adapter_card`]).
-    """
-    try:
-        return importlib.import_module("tagi_hf.hub")
-    except ImportError:
-        return None
-
-
-def require_hub_package(what: str) -> ModuleType:
-    """[`hub_package`], or an `ImportError` saying that `what` needs the tagi-hf package."""
-    hub = hub_package()
-    if hub is None:
-        raise ImportError(f"{what} needs the tagi-hf package (`pip install tagi-hf`); saving locally does not.")
-    return hub
-
-
-def minimal_adapter_card(adapter: GeneratedAdapter) -> ModelCard:
-    """The card a remote-code process without tagi-hf writes: the Hub metadata PEFT needs and the instruction."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(library_name="peft", base_model=adapter.base_model_name_or_path, tags=["tagi", "lora"])
+    base = adapter.base_model_name_or_path or None
+    tags = ["tagi", "lora", "generated-adapter", *([f"base_model:adapter:{base}"] if base else [])]
+    data = ModelCardData(library_name="peft", base_model=base, tags=tags)
     instruction = (adapter.instruction or "(not recorded)").replace("\n", " ")
-    return ModelCard(
+    fusion = (
+        f"\nWith its instruction fusion (states in `{INSTRUCTION_STATES}`): plain PEFT applies the LoRA weights only "
+        "and **drops the fusion**; `GeneratedAdapter.from_pretrained(path)` run in the generator keeps it.\n"
+    )
+    return (
         f"---\n{data.to_yaml()}\n---\n\n# LoRA adapter generated by TAGI\n\nGenerated from the instruction:\n\n"
         f"> {instruction}\n\nLoad it with `PeftModel.from_pretrained(base_model, path)`.\n"
+        f"{fusion if adapter.has_fusion else ''}"
     )

@@ -3,6 +3,8 @@ plus the adapter generator and fusion."""
 
 from __future__ import annotations
 
+import os
+
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -17,47 +19,52 @@ POOLING_MODES = ("mean", "attention")
 
 class TagiConfig(PretrainedConfig):
     r"""
-    Configuration for [`TagiModel`]: a T5 backbone, the hypernetwork that turns an instruction into LoRA factors,
-    and the instruction fusion of the paper (hierarchical cross-attention).
+    Configuration for [`TagiModel`] and [`TagiForCausalLM`]: a frozen backbone (T5, or a decoder-only Llama /
+    SmolLM, Qwen2 or Mistral LM), the hypernetwork that turns an instruction into LoRA factors, and the instruction
+    fusion of the paper (hierarchical cross-attention).
 
     Args:
-        text_config (`T5Config` or `dict`, *optional*):
-            The backbone's configuration. Defaults to `T5Config()`. `decoder_start_token_id` is set to the pad id
-            when missing (T5's convention; `generate` needs it).
+        text_config (`PretrainedConfig` or `dict`, *optional*):
+            The backbone's configuration: a `T5Config`, or a `LlamaConfig` / `Qwen2Config` / `MistralConfig` (full
+            attention). Defaults to `T5Config()`. For T5, `decoder_start_token_id` is set to the pad id when missing
+            (T5's convention; `generate` needs it).
         lora_rank (`int`, defaults to 8):
             Rank `r` of every generated LoRA update (paper: 32).
         lora_alpha (`float`, defaults to 16):
             LoRA scaling numerator; the update is `(lora_alpha / r) * B @ A`, as in PEFT.
         lora_target_modules (`list[str]`, defaults to `["q", "v"]`):
             Attention projections that receive a generated adapter (any of `q`, `k`, `v`, `o`). The paper uses q and v.
-        lora_attention_kinds (`list[str]`, defaults to all three):
-            Attention modules that receive adapters: `encoder_self`, `decoder_self`, `decoder_cross`.
+        lora_attention_kinds (`list[str]`, defaults to every attention the backbone has):
+            Attention modules that receive adapters: T5's `encoder_self`, `decoder_self`, `decoder_cross`; a
+            decoder-only LM has `decoder_self` only.
         fusion (`str`, defaults to `"cross_attention"`):
             `"cross_attention"` adds the paper's instruction fusion (Eq. 1): a zero-gated cross-attention to the
-            instruction after every encoder layer and a gated decoder attention over `(I ; F_L)`. `"none"` gives
-            plain LoRA adapters that export exactly to PEFT.
+            instruction after every encoder layer and a gated decoder attention over `(I ; F_L)` (T5), or a
+            zero-gated cross-attention to the instruction after every layer (decoder-only). `"none"` gives plain
+            LoRA adapters that export exactly to PEFT.
         hypernet_hidden_size (`int`, defaults to 128):
             Width of the generator's trunk.
         hypernet_embedding_size (`int`, defaults to 64):
-            Size of the learned (layer, attention kind, projection) embedding that tells the shared trunk which
-            module it is generating for.
+            Size of the learned (attention kind, layer) embedding that tells the shared trunk which attention module
+            it is generating for (the projection, q / k / v / o, is told apart by its own pair of output heads).
         hypernet_dropout (`float`, defaults to 0.0):
             Dropout inside the generator trunk.
         max_instruction_length (`int`, defaults to 1024):
             Instructions longer than this many tokens are truncated (with one warning).
         instruction_encoder (`str`, defaults to `"separate"`):
-            What reads the instruction. `"separate"`: a copy of the backbone's encoder, initialised from its weights,
-            that trains with the generator (HINT's choice); its states feed both the generator and the fusion.
-            `"backbone"`: the frozen backbone's own encoder (the paper; no extra parameters). The default was chosen
+            What reads the instruction. `"separate"`: a copy of the backbone's encoder (a decoder-only LM's decoder
+            stack), initialised from its weights, that trains with the generator (HINT's choice); its states feed
+            both the generator and the fusion. `"backbone"`: the frozen backbone's own encoder (decoder stack; the
+            paper; no extra parameters). The default was chosen
             on the synthetic suite's dev split (see `benchmarks/results/probes/generator.md`).
         instruction_pooling (`str`, defaults to `"attention"`):
             How the instruction's token states become the generator's input. `"mean"`: one masked mean for every
             generated module (the paper). `"attention"`: a learned query per (attention kind, layer) attends over the
             tokens (masked), so each module reads what it needs; the queries start at zero, which is the mean.
         pooling_num_heads (`int`, *optional*):
-            Heads of the attention pooling. Defaults to the backbone's `num_heads`.
+            Heads of the attention pooling. Defaults to the backbone's number of attention heads.
         fusion_num_heads (`int`, *optional*):
-            Heads of the encoder fusion cross-attention. Defaults to the backbone's `num_heads`.
+            Heads of the fusion cross-attention. Defaults to the backbone's number of attention heads.
         base_model_name_or_path (`str`, *optional*):
             Name or path of the backbone checkpoint; written into exported PEFT adapters.
 
@@ -103,7 +110,7 @@ class TagiConfig(PretrainedConfig):
         self.lora_attention_kinds = list(self.lora_attention_kinds)
         text = self.text_config
         _check_backbone(text)
-        self.is_encoder_decoder = text.model_type in ENCODER_DECODER_TYPES
+        self.is_encoder_decoder = self.is_encoder_decoder_config(text)
         if self.is_encoder_decoder:
             if getattr(text, "decoder_start_token_id", None) is None:
                 text.decoder_start_token_id = text.pad_token_id if text.pad_token_id is not None else 0
@@ -133,6 +140,19 @@ class TagiConfig(PretrainedConfig):
         for name in ("fusion_num_heads", "pooling_num_heads"):
             if self.hidden_size % getattr(self, name) != 0:
                 raise ValueError(f"`{name}` ({getattr(self, name)}) must divide d_model ({self.hidden_size}).")
+
+    @staticmethod
+    def is_encoder_decoder_config(config: PretrainedConfig | str | os.PathLike) -> bool:
+        """Whether `config` describes a T5 backbone (`True`) or a decoder-only LM (`False`): a `TagiConfig`, a
+        backbone's own config, or a directory / Hub id holding either. The one test of the backbone family made on a
+        config (a model reads its class's `is_encoder_decoder`); other backbone types are refused, naming the
+        supported ones.
+        """
+        if isinstance(config, (str, os.PathLike)):
+            config = AutoConfig.from_pretrained(config)
+        text = config.text_config if getattr(config, "model_type", None) == "tagi" else config
+        _check_backbone_type(text)
+        return text.model_type in ENCODER_DECODER_TYPES
 
     @property
     def is_decoder_only(self) -> bool:
@@ -176,14 +196,19 @@ def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> Non
         raise ValueError(f"`{name}` must be a non-empty subset of {allowed}, got {values!r}.")
 
 
-def _check_backbone(text: PretrainedConfig) -> None:
-    """Refuses backbones whose attention the generated LoRA and the fusion do not cover, naming the supported ones."""
+def _check_backbone_type(text: PretrainedConfig) -> None:
+    """Refuses backbone types whose module names the generated LoRA does not know, naming the supported ones."""
     supported = ENCODER_DECODER_TYPES + DECODER_ONLY_TYPES
     if text.model_type not in supported:
         raise ValueError(
             f"TAGI does not support `{text.model_type}` backbones; supported: {', '.join(supported)} "
             "(T5 as encoder-decoder; Llama / SmolLM, Qwen2 and Mistral as decoder-only LMs)."
         )
+
+
+def _check_backbone(text: PretrainedConfig) -> None:
+    """Refuses backbones whose attention the generated LoRA and the fusion do not cover, naming the supported ones."""
+    _check_backbone_type(text)
     if getattr(text, "use_sliding_window", False) or (
         text.model_type == "mistral" and getattr(text, "sliding_window", None) is not None
     ):

@@ -23,16 +23,24 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         tmp.chmod(_default_mode(0o777))  # mkdtemp makes it 0700: give it the permissions a plain mkdir would
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_directory(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Moves the directory `source` to `target` by renames; an existing `target` is kept under a hidden name until
+    `source` is in place, then deleted. `source` must be on the same file system (a sibling, as staging folders are).
+    """
+    source, target = Path(source), Path(target)
+    if not target.exists():
+        os.replace(source, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _default_mode(mode: int) -> int:

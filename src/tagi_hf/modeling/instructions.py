@@ -25,8 +25,14 @@ def validate_instructions(instructions: Sequence[str], *, allow_empty: bool = Fa
     if len(instructions) == 0:
         raise ValueError("`instructions` is empty.")
     for i, text in enumerate(instructions):
-        if not isinstance(text, str) or not (allow_empty or text.strip()):
-            raise ValueError(f"`instructions[{i}]` is empty or whitespace; an instruction must describe the task.")
+        check_instruction(text, i, allow_empty=allow_empty)
+
+
+def check_instruction(text: str, index: int, *, allow_empty: bool = False) -> None:
+    """Refuses one instruction that is not a string or (unless `allow_empty`) is empty or whitespace, naming its
+    position `index` (in a list, or in a stream read lazily)."""
+    if not isinstance(text, str) or not (allow_empty or text.strip()):
+        raise ValueError(f"`instructions[{index}]` is empty or whitespace; an instruction must describe the task.")
 
 
 def truncate_instruction_ids(

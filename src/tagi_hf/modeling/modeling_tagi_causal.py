@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .adapter import GeneratedAdapter
 from .configuration_tagi import DECODER_ONLY_TYPES, TagiConfig
 from .fusion import FusionLayer, encoder_fusion_hook
-from .modeling_tagi import TagiPreTrainedModel
+from .modeling_tagi_base import TagiPreTrainedModel
 from .task_state import AdapterFactors, TaskState, TaskStateSlots
 
 
@@ -51,8 +51,11 @@ class TagiForCausalLM(TagiPreTrainedModel, GenerationMixin):
     """
 
     accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer must scale it for accumulation
-    _backbone_auto_class = AutoModelForCausalLM
     _no_split_modules = ["LlamaDecoderLayer", "Qwen2DecoderLayer", "MistralDecoderLayer"]
+    is_encoder_decoder = False
+    backbone_auto_class = AutoModelForCausalLM
+    auto_class_name = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
 
     def _check_backbone_kind(self, config: TagiConfig) -> None:
         if config.is_encoder_decoder:

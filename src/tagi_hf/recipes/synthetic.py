@@ -258,7 +258,7 @@ class SyntheticRecipe:
     def teachers(self) -> Path:
         from ..teachers.joint import train_lora_teachers_jointly
 
-        s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers_joint.py)
+        s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers/joint.py)
         return self._stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
             str(self.backbone()), self.tokenizer, self.train, p, rank=s.lora_rank, max_steps=s.teacher_steps,
             learning_rate=s.teacher_learning_rate, batch_size=s.batch_size, seed=s.seed),

@@ -24,7 +24,8 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from ..data import collator_for
-from ..modeling.adapter import ADAPTER_WEIGHTS, GeneratedAdapter, peft_task_type
+from ..modeling import tagi_class_for
+from ..modeling.adapter import ADAPTER_WEIGHTS, GeneratedAdapter
 from ..modeling.file_utils import atomic_directory
 from ..modeling.lora import install_lora_layers, linear_target
 from ..modeling.task_state import TaskState, TaskStateSlots, use_task_state
@@ -103,7 +104,7 @@ def train_lora_teachers_jointly(
     bank = _LoraBank(modules, len(keys), rank)
     losses = _fit(model, modules, bank, tokenizer, train_dataset, groups, keys, group_by, max_steps, learning_rate,
                   batch_size, tasks_per_batch, seed, max_input_length, max_target_length)  # fmt: skip
-    _save(bank, groups, keys, group_by, Path(output_dir), name, alpha, losses, peft_task_type(model.config))
+    _save(bank, groups, keys, group_by, Path(output_dir), name, alpha, losses, tagi_class_for(model).peft_task_type)
     return TeacherBank.from_directory(output_dir)
 
 

@@ -23,7 +23,8 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from transformers.utils import logging
 
 from ..data import Seq2SeqCollator, collator_for
-from ..modeling.adapter import ADAPTER_CONFIG, peft_task_type
+from ..modeling import tagi_class_for
+from ..modeling.adapter import ADAPTER_CONFIG
 from ..modeling.file_utils import atomic_directory
 from .bank import (
     GROUP_BY,
@@ -120,7 +121,8 @@ def train_lora_teachers(
     index = open_teacher_index(output_dir, group_by, name)
     targets = target_modules or teacher_target_modules(model.config)
     alpha = 2 * rank if lora_alpha is None else lora_alpha
-    lora_config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, task_type=peft_task_type(model.config))
+    task_type = tagi_class_for(model).peft_task_type
+    lora_config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, task_type=task_type)
     lengths = dict(max_input_length=max_input_length, max_target_length=max_target_length)
     collator = Seq2SeqCollator(collator_for(tokenizer, model.config, teacher_inputs=False, **lengths))
     args = dict(extra=training_kwargs, max_steps=max_steps, learning_rate=learning_rate, seed=seed)

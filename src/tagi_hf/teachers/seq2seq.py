@@ -12,14 +12,9 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    PreTrainedModel,
-    Seq2SeqTrainer,
-    Seq2SeqTrainingArguments,
-)
+from transformers import PreTrainedModel, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+from ..modeling import tagi_class_for
 
 __all__ = ["Backbone", "group_indices", "load_backbone", "seq2seq_training_args", "train_seq2seq"]
 
@@ -31,9 +26,7 @@ def load_backbone(backbone: Backbone) -> tuple[PreTrainedModel, str | None]:
     loads as a T5 or as a decoder-only LM after its config."""
     if isinstance(backbone, PreTrainedModel):
         return copy.deepcopy(backbone), backbone.name_or_path or None
-    config = AutoConfig.from_pretrained(backbone)
-    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    return auto.from_pretrained(backbone), os.fspath(backbone)
+    return tagi_class_for(backbone).backbone_auto_class.from_pretrained(backbone), os.fspath(backbone)
 
 
 def seq2seq_training_args(

@@ -17,6 +17,8 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..modeling.file_utils import replace_directory
+
 logger = logging.get_logger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
@@ -88,17 +90,6 @@ def save_final_model(trainer, output_dir: str | os.PathLike, *, tokenizer=None) 
             tokenizer.save_pretrained(staging)
         log = json.dumps(trainer.state.log_history, indent=1)
         (staging / "training_log.json").write_text(log + "\n", encoding="utf-8")
-        _replace_directory(staging, final)
+        replace_directory(staging, final)
     trainer.accelerator.wait_for_everyone()
     return final
-
-
-def _replace_directory(source: Path, target: Path) -> None:
-    """Moves `source` to `target`; an existing `target` is replaced (kept under a hidden name until then)."""
-    if not target.exists():
-        os.replace(source, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    os.replace(source, target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Losses of TAGI stage-2 training: `L = L_pred + lambda1 * L_kl + lambda2 * L_ins` (paper §3.3).
+"""Losses of TAGI stage-2 training: `L = L_pred + lambda1 * L_kl + lambda2 * L_ins` (paper, Sec. 3.2.4).
 
 All functions are pure: tensors in, a scalar tensor out. Positions labelled -100 are padding; they are removed in
 one place ([`masked_token_mean`]) so every token-level loss averages over label tokens only. Teacher inputs are

@@ -45,10 +45,10 @@ TEACHER_KEYS = (
 
 class TagiTrainer(Seq2SeqTrainer):
     r"""
-    Trains a [`TagiModel`]'s generator and fusion with label, logit and parameter distillation.
+    Trains a TAGI model's generator and fusion with label, logit and parameter distillation.
 
     Args:
-        model ([`TagiModel`]): the student.
+        model ([`TagiPreTrainedModel`]): the student ([`TagiModel`] or [`TagiForCausalLM`]).
         args ([`TagiTrainingArguments`]): training arguments, with `lambda_kl`, `lambda_ins`, `kl_temperature`.
         teacher_model (`PreTrainedModel`, *optional*): the logit teacher (instruction in its input); needed when
             `lambda_kl > 0` unless batches carry precomputed `teacher_logits`. Kept frozen, in eval mode.
@@ -108,7 +108,7 @@ class TagiTrainer(Seq2SeqTrainer):
         outputs = model(**inputs, return_task_state=self.args.lambda_ins > 0)
         tokens = (labels != IGNORE_INDEX).sum()
         logits = outputs.logits
-        causal = self.accelerator.unwrap_model(model).config.is_decoder_only
+        causal = not self.accelerator.unwrap_model(model).is_encoder_decoder  # the family its class declares
         if causal:  # position t predicts token t + 1
             logits, labels = logits[:, :-1], labels[:, 1:]
         terms = {"loss_pred": prediction_loss(logits, labels)}
