@@ -1,6 +1,8 @@
 """What the README promises users of TagiForCausalLM beyond test_causal_lm.py: left-padded batches, PEFT for causal
 adapters, the decoder-only refusals, and a generator pushed to and pulled from the (fake) Hub."""
 
+import json
+
 import pytest
 import torch
 
@@ -89,9 +91,12 @@ def test_pretrain_refuses_a_decoder_only_backbone(saved, tmp_path, capsys):
 def test_rank_classification_refuses_a_decoder_only_model(saved, tmp_path, capsys):
     from tagi_hf.cli.main import main
     from tagi_hf.evaluation.runner import load_for_evaluation, make_score_fn
-    from test_predict import write_rank_jsonl
+    from test_predict import RANK_RECORDS
 
-    jsonl, output = write_rank_jsonl(tmp_path / "rc.jsonl"), tmp_path / "rc.json"
+    jsonl, output = tmp_path / "rc.jsonl", tmp_path / "rc.json"
+    records = [{"instruction": i, "input": x, "options": o, "dataset": d, "prompt": p, "answer": 0}
+               for d, p, i, x, o in RANK_RECORDS]  # fmt: skip
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
     argv = ["evaluate", "--model", str(saved / "tagi"), "--rank-classification", str(jsonl), "--output", str(output)]
     assert main(argv) == 2
     message = "Rank classification is written for T5-based models; decoder-only models: use `predict`."

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, T5ForConditionalGe
 from tagi_hf import GeneratedAdapter, TagiForCausalLM
 from tagi_hf.cli.main import main
 from tagi_hf.data import format_instruction
-from tagi_hf.hub import load_adapters, push_adapters_to_hub
+from tagi_hf.hub import load_adapters, push_adapters_to_hub, push_model_to_hub
 from test_causal_lm import inputs, tiny_causal
 from tiny import tiny_model, tiny_tokenizer
 
@@ -36,7 +36,7 @@ def one_thread():
 def test_a_causal_generator_pushed_loads_with_auto_model_for_causal_lm(hub_env):
     repo = "test-user/tagi-llama"
     model = tiny_causal(fusion="cross_attention")
-    model.push_to_hub(repo, tokenizer=tiny_tokenizer())
+    push_model_to_hub(model, repo, tokenizer=tiny_tokenizer())
     [commit] = hub_env.commits(repo)
     assert {"config.json", "model.safetensors", "modeling_tagi_causal.py", "tokenizer.json"} <= set(commit.added)
     card = ModelCard.load(hf_hub_download(repo, "README.md"))
