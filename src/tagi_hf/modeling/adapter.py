@@ -190,7 +190,14 @@ class GeneratedAdapter:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> GeneratedAdapter:
-        """Loads an adapter written by [`~GeneratedAdapter.save_pretrained`] (or any PEFT LoRA directory)."""
+        """Loads an adapter written by [`~GeneratedAdapter.save_pretrained`] (or any PEFT LoRA directory).
+
+        A reload is bit-identical in use: every tensor is copied out of the memory-mapped file into memory of its own,
+        which torch's allocator aligns as it aligns the factors of a freshly generated adapter. So the loaded adapter
+        gives exactly (`torch.equal`) the outputs of the adapter that was saved, on the same model and machine; tensors
+        over the mapped file start at arbitrary offsets, where some CPUs' kernels round differently. The loaded
+        adapter also no longer depends on the file, which may then be changed or deleted.
+        """
         path = Path(path)
         config = LoraConfig.from_pretrained(path)
         state = _load_safetensors(path / ADAPTER_WEIGHTS)
@@ -211,11 +218,18 @@ class GeneratedAdapter:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """`safetensors.torch.load_file` (no pickle, no code), with an error naming the file when it is damaged."""
+    """`safetensors.torch.load_file` (no pickle, no code), with an error naming the file when it is damaged; each
+    tensor copied into fresh memory (see [`~GeneratedAdapter.from_pretrained`] for why)."""
     try:
-        return load_file(path)
+        mapped = load_file(path)
     except SafetensorError as error:
         raise ValueError(f"`{path}` is not a valid safetensors file (truncated or corrupted?): {error}") from error
+    return {name: fresh_cpu_copy(tensor) for name, tensor in mapped.items()}
+
+
+def fresh_cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy in memory of its own, aligned by torch's allocator (never a view of a batch or a file)."""
+    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
 
 
 def _factors_from_peft(state: dict[str, torch.Tensor], path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

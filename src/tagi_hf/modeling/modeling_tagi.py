@@ -25,7 +25,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils import logging
 
-from .adapter import GeneratedAdapter, peft_task_type, require_hub_package
+from .adapter import GeneratedAdapter, fresh_cpu_copy, peft_task_type, require_hub_package
 from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer, InstructionCrossAttention, encoder_fusion_hook, instruction_kv
 from .generator import AdapterGenerator, AttentionPooling, masked_mean
@@ -356,11 +356,12 @@ class TagiPreTrainedModel(PreTrainedModel):
             "generator_name_or_path": self.config.name_or_path or None,
             "task_type": peft_task_type(self.config),
         }
+        # Copies, not views into the batch's tensors: each adapter owns aligned memory, laid out as a reloaded one.
         return [
             GeneratedAdapter(
-                lora_factors={n: (a[i].cpu(), b[i].cpu()) for n, (a, b) in factors.items()},
+                lora_factors={n: (fresh_cpu_copy(a[i]), fresh_cpu_copy(b[i])) for n, (a, b) in factors.items()},
                 instruction=text,
-                instruction_states=None if self.config.fusion == "none" else states[i, : lengths[i]].cpu(),
+                instruction_states=None if self.config.fusion == "none" else fresh_cpu_copy(states[i, : lengths[i]]),
                 **provenance,
             )
             for i, text in enumerate(texts)
