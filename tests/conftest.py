@@ -8,6 +8,7 @@ import tempfile
 import pytest
 
 from hub_server import FakeHub, block_non_loopback, run_against_hub
+from tiny import one_thread
 
 # Applied when pytest imports this file, i.e. before test modules import huggingface_hub / transformers / datasets /
 # evaluate, which read these variables at import time. Cache and token variables would bypass the throwaway HF_HOME.
@@ -31,6 +32,13 @@ def offline_hf_env():
     """Offline defaults for the whole session (set at import, see above); removes the throwaway HF_HOME at the end."""
     yield OFFLINE_ENV
     shutil.rmtree(_TEST_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def single_thread():
+    """torch on one intra-op thread during the test (`tiny.one_thread`): for tests comparing two runs bit for bit."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tagi_hf.teachers.bank import TEACHER_INFO
 from tagi_hf.training.arguments import TagiTrainingArguments
 from tagi_hf.training.checkpoints import is_complete_checkpoint, last_complete_checkpoint, resolve_resume_checkpoint
 from tagi_hf.training.trainer import TagiTrainer
-from tiny import one_thread, tiny_model, tiny_text_config, tiny_tokenizer
+from tiny import tiny_model, tiny_text_config, tiny_tokenizer
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat".split()
 TASKS = {"rev": "reverse the order of words", "sort": "sort in alphabetical order", "first": "keep only first 2 words"}
@@ -89,16 +89,16 @@ def test_only_checkpoints_with_a_readable_trainer_state_count(tmp_path):
         resolve_resume_checkpoint(True, str(tmp_path / "checkpoint-x"))
 
 
+@pytest.mark.usefixtures("single_thread")  # bit for bit, as in test_trainer's resume test
 def test_resuming_from_an_incomplete_checkpoint_falls_back_to_the_last_complete_one(tmp_path):
-    with one_thread():  # bit for bit, as in test_trainer's resume test: one order of every sum, the same memory layout
-        full = _trainer(tmp_path / "full")
-        full.train()
-        crashed = _trainer(tmp_path / "crashed")
-        crashed.train()
-        # A kill while checkpoint-4 was being written: its trainer_state.json (written last) is missing.
-        (tmp_path / "crashed" / "checkpoint-4" / "trainer_state.json").unlink()
-        resumed = _trainer(tmp_path / "crashed")
-        resumed.train(resume_from_checkpoint=str(tmp_path / "crashed" / "checkpoint-4"))  # as get_last_checkpoint
+    full = _trainer(tmp_path / "full")
+    full.train()
+    crashed = _trainer(tmp_path / "crashed")
+    crashed.train()
+    # A kill while checkpoint-4 was being written: its trainer_state.json (written last) is missing.
+    (tmp_path / "crashed" / "checkpoint-4" / "trainer_state.json").unlink()
+    resumed = _trainer(tmp_path / "crashed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "crashed" / "checkpoint-4"))  # what get_last_checkpoint says
     assert resumed.state.global_step == 4
     expected = _trainable(full.model)
     for name, value in _trainable(resumed.model).items():
@@ -248,7 +248,8 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_rerun_gives_the_uninterrupted_weights(workspace, tmp_path):
     """Tolerance: none. Resuming restores weights, optimizer, scheduler, RNG states and the data position, and on
-    one CPU thread the arithmetic is the same, so the final weights are bitwise those of a run never interrupted."""
+    one CPU thread, with the same files loaded the same way (the same memory layout), the arithmetic is the same, so
+    the final weights are bitwise those of a run never interrupted."""
     reference = subprocess.run(_train_command(workspace, tmp_path / "ref"), env=_env(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-3000:]
 

@@ -10,7 +10,7 @@ from tagi_hf.data import PretrainingCollator, TagiDataCollator
 from tagi_hf.training.arguments import TagiTrainingArguments
 from tagi_hf.training.losses import LoraFactors
 from tagi_hf.training.trainer import TagiTrainer
-from tiny import one_thread, tiny_model, tiny_tokenizer
+from tiny import tiny_model, tiny_tokenizer
 
 WORDS = "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat".split()
 TASKS = {
@@ -235,20 +235,20 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+@pytest.mark.usefixtures("single_thread")
 def test_checkpoint_resume_continues_to_the_same_weights(tmp_path):
     """Bit for bit: on one thread every sum runs in one order, and resuming copies the saved weights and optimizer
-    state into the parameters' and fresh memory (`load_state_dict`, `torch.load`), so steps 3-4 repeat exactly the
+    state into the parameters and into fresh memory (`load_state_dict`, `torch.load`), so steps 3-4 repeat the
     uninterrupted run's computation on the same memory layout."""
-    with one_thread():
-        full = _trainer(tmp_path / "full", max_steps=4, save_strategy="steps", save_steps=2)
-        full.train()
-        resumed = _trainer(tmp_path / "part", max_steps=4, save_strategy="steps", save_steps=2)
-        resumed.add_callback(StopAt(2))  # an interruption right after the first checkpoint
-        resumed.train()
-        checkpoint = tmp_path / "part" / "out" / "checkpoint-2"
-        assert (checkpoint / "model.safetensors").exists()
-        again = _trainer(tmp_path / "part", max_steps=4, save_strategy="steps", save_steps=2)
-        again.train(resume_from_checkpoint=str(checkpoint))
+    full = _trainer(tmp_path / "full", max_steps=4, save_strategy="steps", save_steps=2)
+    full.train()
+    resumed = _trainer(tmp_path / "part", max_steps=4, save_strategy="steps", save_steps=2)
+    resumed.add_callback(StopAt(2))  # an interruption right after the first checkpoint
+    resumed.train()
+    checkpoint = tmp_path / "part" / "out" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").exists()
+    again = _trainer(tmp_path / "part", max_steps=4, save_strategy="steps", save_steps=2)
+    again.train(resume_from_checkpoint=str(checkpoint))
     for (name, p), (_, q) in zip(full.model.named_parameters(), again.model.named_parameters()):
         assert torch.equal(q, p), name
     loaded = TagiModel.from_pretrained(tmp_path / "part" / "out" / "checkpoint-4")
