@@ -193,10 +193,10 @@ class GeneratedAdapter:
         """Loads an adapter written by [`~GeneratedAdapter.save_pretrained`] (or any PEFT LoRA directory).
 
         A reload is bit-identical in use: every tensor is copied out of the memory-mapped file into memory of its own,
-        which torch's allocator aligns as it aligns the factors of a freshly generated adapter. So the loaded adapter
-        gives exactly (`torch.equal`) the outputs of the adapter that was saved, on the same model and machine; tensors
-        over the mapped file start at arbitrary offsets, where some CPUs' kernels round differently. The loaded
-        adapter also no longer depends on the file, which may then be changed or deleted.
+        aligned by torch's allocator like the tensors `generate_adapter` returns (copies too, not views of the batch).
+        So on the same model and machine the loaded adapter gives exactly (`torch.equal`) the outputs of the generated
+        one it was saved from; tensors over the mapped file start at arbitrary offsets, where some CPUs' kernels round
+        differently. The loaded adapter no longer depends on the file, which may then be changed or deleted.
         """
         path = Path(path)
         config = LoraConfig.from_pretrained(path)
