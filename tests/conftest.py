@@ -8,7 +8,6 @@ import tempfile
 import pytest
 
 from hub_server import FakeHub, block_non_loopback, run_against_hub
-from tiny import one_thread
 
 # Applied when pytest imports this file, i.e. before test modules import huggingface_hub / transformers / datasets /
 # evaluate, which read these variables at import time. Cache and token variables would bypass the throwaway HF_HOME.
@@ -37,6 +36,8 @@ def offline_hf_env():
 @pytest.fixture
 def single_thread():
     """torch on one intra-op thread during the test (`tiny.one_thread`): for tests comparing two runs bit for bit."""
+    from tiny import one_thread  # not at the top: tiny imports transformers, which must see the offline env first
+
     with one_thread():
         yield
 
