@@ -87,8 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the model, the data and the data order.")
     parser.add_argument("--fusion", choices=("cross_attention", "none"), default="cross_attention")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (CPU autocast or GPU).")
+    parser.add_argument(
+        "--float64", action="store_true", help="Train in float64: to compare runs whose sums run in other orders."
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="Activation checkpointing.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.bf16 and args.float64:
+        parser.error("`--bf16` and `--float64` exclude each other: pick one precision.")
+    return args
 
 
 def training_args(args: argparse.Namespace, world_size: int) -> TagiTrainingArguments:
@@ -111,6 +117,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = build_rows(seed=args.seed)
     tokenizer = build_tokenizer(rows)
     model = build_model(len(tokenizer), seed=args.seed, fusion=args.fusion).train()
+    if args.float64:
+        model.double()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     trainer = TagiTrainer(
         model=model,

@@ -34,6 +34,15 @@ def offline_hf_env():
 
 
 @pytest.fixture
+def single_thread():
+    """torch on one intra-op thread during the test (`tiny.one_thread`): for tests comparing two runs bit for bit."""
+    from tiny import one_thread  # not at the top: tiny imports transformers, which must see the offline env first
+
+    with one_thread():
+        yield
+
+
+@pytest.fixture
 def hub_server():
     """A fresh, empty fake Hub for this test: `hub_server.url`, `.token`, and the records (`.requests`,
     `.calls(route)`, `.commits(repo_id)`, `.files(repo_id)`, `.lfs_uploads`); see `hub_server.FakeHub`."""

@@ -90,11 +90,37 @@ def test_fusion_adapter_round_trip_reproduces_outputs_exactly(tmp_path):
     assert loaded.has_fusion and torch.equal(loaded.instruction_states, adapter.instruction_states)
     assert loaded.generator_config["lora_rank"] == 4
     inputs = _plain_inputs()
+    # Exact by design: the same model; the loaded factors sit in fresh aligned memory, as generated ones (next test)
     assert torch.equal(model(**inputs, adapter=loaded).logits, model(**inputs, adapter=adapter).logits)
     ids = model.generate(**{k: v for k, v in inputs.items() if k != "labels"}, adapter=loaded, max_new_tokens=5)
     assert torch.equal(
         ids, model.generate(**{k: v for k, v in inputs.items() if k != "labels"}, adapter=adapter, max_new_tokens=5)
     )
+
+
+def test_loaded_and_generated_adapters_own_aligned_memory(tmp_path):
+    """What makes the exact round trip above hold on every CPU: a loaded tensor is not a view of the memory-mapped
+    file (which starts it at an arbitrary offset, where some CPUs' kernels round differently), and a generated one is
+    not a view into its batch; both are copies torch's allocator aligned to 64 bytes."""
+    model = tiny_model("cross_attention")
+    generated = model.generate_adapter([INSTRUCTION, "copy the input"], tokenizer=tiny_tokenizer())
+    generated[1].save_pretrained(tmp_path / "adapter")
+    loaded = GeneratedAdapter.from_pretrained(tmp_path / "adapter")
+    for adapter in (*generated, loaded):
+        tensors = [t for pair in adapter.lora_factors.values() for t in pair] + [adapter.instruction_states]
+        for t in tensors:
+            assert t.is_contiguous() and t.data_ptr() % 64 == 0
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()  # its own storage, nothing more
+    expected = {name: (a.clone(), b.clone()) for name, (a, b) in loaded.lora_factors.items()}
+    for name in ("adapter_model.safetensors", "tagi_instruction_states.safetensors"):
+        file = tmp_path / "adapter" / name
+        size = file.stat().st_size
+        with file.open("r+b") as f:  # overwrite the tensor bytes in place: a mapping of the file would see it
+            f.seek(size // 2)
+            f.write(bytes(size - size // 2))
+    for name, (a, b) in loaded.lora_factors.items():
+        assert torch.equal(a, expected[name][0]) and torch.equal(b, expected[name][1]), name
+    assert torch.equal(loaded.instruction_states, generated[1].instruction_states)
 
 
 def test_fusion_model_refuses_a_plain_lora_adapter(tmp_path):

@@ -46,6 +46,7 @@ def _same_adapters(first, second) -> bool:
     )
 
 
+@pytest.mark.usefixtures("single_thread")  # one order of every sum; both runs load their files the same way
 def test_same_seed_gives_bitwise_identical_adapters_and_predictions(example, tmp_path):
     adapters_1, files_1, predictions_1 = _train_and_use(example, tmp_path / "first", seed=0)
     adapters_2, files_2, predictions_2 = _train_and_use(example, tmp_path / "second", seed=0)
@@ -62,6 +63,7 @@ def workspace(tmp_path_factory) -> Path:
     return build_workspace(tmp_path_factory.mktemp("cli"))
 
 
+@pytest.mark.usefixtures("single_thread")
 def test_cli_train_from_a_backbone_is_reproducible(workspace, tmp_path):
     from safetensors.torch import load_file
 

@@ -89,6 +89,7 @@ def test_only_checkpoints_with_a_readable_trainer_state_count(tmp_path):
         resolve_resume_checkpoint(True, str(tmp_path / "checkpoint-x"))
 
 
+@pytest.mark.usefixtures("single_thread")  # bit for bit, as in test_trainer's resume test
 def test_resuming_from_an_incomplete_checkpoint_falls_back_to_the_last_complete_one(tmp_path):
     full = _trainer(tmp_path / "full")
     full.train()
@@ -247,7 +248,8 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_rerun_gives_the_uninterrupted_weights(workspace, tmp_path):
     """Tolerance: none. Resuming restores weights, optimizer, scheduler, RNG states and the data position, and on
-    one CPU thread the arithmetic is the same, so the final weights are bitwise those of a run never interrupted."""
+    one CPU thread, with the same files loaded the same way (the same memory layout), the arithmetic is the same, so
+    the final weights are bitwise those of a run never interrupted."""
     reference = subprocess.run(_train_command(workspace, tmp_path / "ref"), env=_env(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-3000:]
 

@@ -91,6 +91,8 @@ def test_teachers_reduce_the_loss_of_their_task(trained, data, tokenizer, tasks)
         before = seq2seq_loss(backbone, tokenizer, rows)
         teacher = PeftModel.from_pretrained(make_backbone(tokenizer), bank.adapter_path(task))
         after = seq2seq_loss(teacher, tokenizer, rows)
+        # A margin with room, not a value from one run: rounding moves these losses by far less than 1e-3 between
+        # CPUs, and the drop is ~1.2 nat (seen on an Intel Xeon), over 10x the 0.1 asked.
         assert after < before - 0.1, (task, before, after)
 
 
@@ -249,6 +251,8 @@ def test_multitask_baseline_trains_saves_reloads_and_resumes(tmp_path, data, tok
     reloaded = T5ForConditionalGeneration.from_pretrained(out)
     assert len(PreTrainedTokenizerFast.from_pretrained(out)) == len(tokenizer)
     before = seq2seq_loss(backbone, tokenizer, data, source="teacher")
+    # A margin with room: rounding moves the loss by far less than 1e-3 between CPUs; the drop is ~1.4 nat (seen on
+    # an Intel Xeon), almost 3x the 0.5 asked.
     assert seq2seq_loss(reloaded, tokenizer, data, source="teacher") < before - 0.5
     train_multitask_baseline(backbone, tokenizer, data, out, **kwargs)  # already trained: nothing to do
     assert len(resumed_from) == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, T5Config
@@ -14,6 +17,28 @@ WORDS = (
     "apple bird boat book cake car cat cloud coin cup desk dog door drum egg fish flag frog gold hat "
     "complete task . , then 1 2 3"
 ).split()
+
+# Exact comparisons (`torch.equal`) are kept where the code guarantees them: the same computation on the same memory
+# layout, e.g. an adapter in memory and reloaded (`GeneratedAdapter.from_pretrained` copies into fresh, aligned
+# memory). A model loaded with `from_pretrained` keeps its weights where the memory-mapped file put them (8-48 bytes
+# past a 64-byte boundary), and some CPUs' float32 kernels round differently there than on aligned memory: 9.5e-7 was
+# seen on the tiny models' logits (AMD EPYC). Two summation orders of a float32 dot product of n terms differ by at
+# most about n * 2**-24 of the sum of |terms| (n <= 64 here: 4e-6), and the tiny models' logits are of order 1 (|x|
+# < 4) after a few such layers: `FLOAT32_ROUNDING` allows 1e-5 absolute plus 1e-5 relative, while a wrong weight or a
+# missing adapter moves the logits by > 1e-3 (asserted where it matters).
+FLOAT32_ROUNDING = {"rtol": 1e-5, "atol": 1e-5}
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the block: one fixed order of every sum, whatever the machine's cores (for
+    checks that compare two runs bit for bit); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

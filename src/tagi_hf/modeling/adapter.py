@@ -173,6 +173,12 @@ class GeneratedAdapter:
         the equivalent plain LoRA: each module's PEFT scaling is folded into its B and lower ranks are zero-padded to
         the largest, so every module's update `scaling * B @ A` is PEFT's (saving it again writes a plain LoRA
         directory with the same updates). DoRA and LoRA biases have no equivalent and are refused.
+
+        A reload is bit-identical in use: every tensor is copied out of the memory-mapped file into memory of its own,
+        aligned by torch's allocator like the tensors `generate_adapter` returns (copies too, not views of the batch).
+        So on the same model and machine the loaded adapter gives exactly (`torch.equal`) the outputs of the generated
+        one it was saved from; tensors over the mapped file start at arbitrary offsets, where some CPUs' kernels round
+        differently. The loaded adapter no longer depends on the file, which may then be changed or deleted.
         """
         path = Path(path)
         config = LoraConfig.from_pretrained(path)
@@ -194,11 +200,18 @@ class GeneratedAdapter:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """`safetensors.torch.load_file` (no pickle, no code), with an error naming the file when it is damaged."""
+    """`safetensors.torch.load_file` (no pickle, no code), with an error naming the file when it is damaged; each
+    tensor copied into fresh memory (see [`~GeneratedAdapter.from_pretrained`] for why)."""
     try:
-        return load_file(path)
+        mapped = load_file(path)
     except SafetensorError as error:
         raise ValueError(f"`{path}` is not a valid safetensors file (truncated or corrupted?): {error}") from error
+    return {name: fresh_cpu_copy(tensor) for name, tensor in mapped.items()}
+
+
+def fresh_cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy in memory of its own, aligned by torch's allocator (never a view of a batch or a file)."""
+    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
 
 
 def _factors_from_peft(state: dict[str, torch.Tensor], path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

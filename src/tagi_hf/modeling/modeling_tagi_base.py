@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import logging
 
-from .adapter import GeneratedAdapter
+from .adapter import GeneratedAdapter, fresh_cpu_copy
 from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer
 from .generator import AdapterGenerator, AttentionPooling, masked_mean
@@ -367,9 +367,9 @@ class TagiPreTrainedModel(PreTrainedModel):
         }
         return [
             GeneratedAdapter(
-                lora_factors={n: (a[i].cpu(), b[i].cpu()) for n, (a, b) in factors.items()},
+                lora_factors={n: (fresh_cpu_copy(a[i]), fresh_cpu_copy(b[i])) for n, (a, b) in factors.items()},
                 instruction=text,
-                instruction_states=None if self.config.fusion == "none" else states[i, : lengths[i]].cpu(),
+                instruction_states=None if self.config.fusion == "none" else fresh_cpu_copy(states[i, : lengths[i]]),
                 **provenance,
             )
             for i, text in enumerate(texts)
