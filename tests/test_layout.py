@@ -128,3 +128,13 @@ def test_old_module_paths_still_import_the_same_objects_with_a_warning(old, new,
         module = importlib.import_module(old)
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
     assert any(issubclass(w.category, FutureWarning) and new in str(w.message) for w in caught)
+
+
+def test_train_tagi_at_its_old_place_is_the_same_function_with_a_warning():
+    import tagi_hf.recipes.synthetic as recipe
+    from tagi_hf.training.run import train_tagi
+
+    with pytest.warns(FutureWarning, match="moved to `tagi_hf.training.run.train_tagi`"):
+        assert recipe.train_tagi is train_tagi
+    with pytest.raises(AttributeError, match="has no attribute 'not_there'"):
+        recipe.not_there  # noqa: B018

@@ -151,7 +151,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
     from ..data import PretrainingCollator
     from ..modeling import TagiModel, tagi_class_for
-    from ..recipes.synthetic import train_tagi
+    from ..training.run import train_tagi
 
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
     set_seed(args.seed)  # the generator's initial weights are drawn here, before the Trainer seeds
@@ -206,7 +206,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from ..data import collator_for
     from ..modeling import tagi_class_for
-    from ..recipes.synthetic import train_tagi
+    from ..training.run import train_tagi
     from ..teachers.lora_teachers import TeacherBank
     from ..teachers.seq2seq import load_backbone
     from ..training.teacher_logits import teacher_or_cache
