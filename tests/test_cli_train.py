@@ -1,6 +1,7 @@
 """The real-checkpoint recipe (examples/sni-t5-lm-adapt) run end to end on a tiny T5 and a tiny SNI folder."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ from transformers import AutoTokenizer, T5ForConditionalGeneration
 
 from tagi_hf import TagiModel
 from tagi_hf.cli.main import main
+from tagi_hf.cli.train import TRAINING_SUBCOMMANDS
 from tagi_hf.data import train_tokenizer, write_synthetic_suite
 from tagi_hf.recipes.standin import standin_config
+from tagi_hf.training.arguments import TagiTrainingArguments
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "sni-t5-lm-adapt"
 TRAIN_TASKS = ["synth_reverse", "synth_sort", "synth_first_2"]
@@ -256,3 +259,122 @@ def test_the_recipe_accepts_a_decoder_only_backbone(workspace):
         )  # fmt: skip
         metrics = json.loads((w / name).read_text())
         assert sorted(metrics["per_task"]) == sorted(TEST_TASKS)
+
+
+# ------------------------------------------------------------------------------------- flags from the dataclasses
+@pytest.fixture
+def captured(monkeypatch):
+    """The arguments `train_tagi` would get, instead of training."""
+    import tagi_hf.training.run as run
+
+    calls = []
+    monkeypatch.setattr(run, "train_tagi", lambda *args, **kwargs: calls.append((args, kwargs)))
+    return calls
+
+
+def test_train_flags_reach_the_training_arguments_with_its_defaults_aliases_and_config(workspace, captured, tmp_path):
+    w = workspace
+    base = ["train", "--backbone", w / "t5", "--data-dir", w / "sni", "--out", tmp_path / "tagi", "--lambda-kl", 0]
+    assert main([*map(str, base), "--lambda-ins", "0", "--lora-rank", "2"]) == 0
+    (_, _, _, out, training), kwargs = captured[-1]
+    assert out == str(tmp_path / "tagi") and kwargs["teacher_model"] is None and kwargs["teacher_bank"] is None
+    assert isinstance(training, TagiTrainingArguments) and training.output_dir == f"{tmp_path / 'tagi'}.work"
+    # The defaults of `tagi-hf train` (the paper's warm-up share), those of TagiTrainingArguments elsewhere.
+    assert (training.max_steps, training.learning_rate, training.per_device_train_batch_size) == (20000, 1e-4, 8)
+    assert (training.warmup_steps, training.save_steps, training.logging_steps) == (0.02, 500, 50)
+    assert (training.save_total_limit, training.lambda_kl, training.lambda_ins, training.seed) == (2, 0, 0, 42)
+    assert training.weight_decay == 0.0 and training.lr_scheduler_type == "linear" and training.report_to == []
+
+    # Any TagiTrainingArguments field is a flag, under either spelling; the short names still work; --no-x negates.
+    config = tmp_path / "train.yaml"
+    config.write_text("weight_decay: 0.2\nbatch-size: 3\nlr_scheduler_type: cosine\nbf16: true\nmax-steps: 9\n")
+    flags = ["--config", config, "--lambda-ins", 0, "--weight-decay", 0.1, "--work-dir", tmp_path / "w"]
+    flags += ["--warmup-ratio", 0.1, "--ins_normalize", "false", "--no-bf16", "--kl-temperature", 2]
+    assert main([*map(str, base), *map(str, flags)]) == 0
+    training = captured[-1][0][4]
+    assert (training.weight_decay, training.per_device_train_batch_size, training.lr_scheduler_type) == (
+        0.1,
+        3,
+        "cosine",
+    )
+    assert (training.max_steps, training.output_dir, training.warmup_steps) == (9, str(tmp_path / "w"), 0.1)
+    assert training.bf16 is False and training.ins_normalize is False and training.kl_temperature == 2.0
+
+
+def test_pretrain_flags_and_its_refusals(workspace, captured, tmp_path, capsys):
+    w = workspace
+    base = ["pretrain", "--backbone", w / "t5", "--out", tmp_path / "s1", "--lora-rank", 2]
+    assert main([*map(str, base), "--synthetic-corpus", "8", "--max-length", "32"]) == 0
+    (model, _, texts, out, training), kwargs = captured[-1]
+    assert len(texts) == 8 and out == str(tmp_path / "s1") and model.config.lora_rank == 2
+    assert (training.max_steps, training.learning_rate, training.lambda_kl, training.lambda_ins) == (50000, 1e-3, 0, 0)
+    assert kwargs["data_collator"].max_length == 32
+    refusals = {
+        ("--synthetic-corpus", "8", "--lambda-kl", "1"): "trains without distillation",
+        ("--synthetic-corpus", "8", "--text-file", "x.txt"): "exactly one of `--text-file`, `--dataset`",
+        (): "exactly one of `--text-file`, `--dataset`, `--synthetic-corpus`.",
+        ("--synthetic-corpus", "0"): "`--synthetic-corpus` must be an integer >= 1, got 0",
+        ("--synthetic-corpus", "8", "--max-steps", "0"): "`--max-steps` must be an integer >= 1, got 0",
+    }
+    for extra, message in refusals.items():
+        assert main([*map(str, base), *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert len(captured) == 1
+
+
+def test_train_needs_exactly_one_of_model_and_backbone(workspace, captured, capsys):
+    w = workspace
+    base = ["train", "--data-dir", str(w / "sni"), "--out", "x", "--lambda-kl", "0", "--lambda-ins", "0"]
+    for start in ([], ["--model", str(w / "s1"), "--backbone", str(w / "t5")]):
+        assert main([*base, *start]) == 2
+        assert "needs exactly one of `--model` (a TagiModel) and `--backbone`" in capsys.readouterr().err
+    assert main([*base, "--backbone", str(w / "t5"), "--teacher-logits-top-k", "-1"]) == 2
+    assert "`--teacher-logits-top-k` must be >= 0, got -1" in capsys.readouterr().err
+    assert main([*base, "--backbone", str(w / "t5"), "--fusion", "concat"]) == 2  # argparse: not a choice
+    assert "invalid choice: 'concat'" in capsys.readouterr().err
+    assert captured == []
+
+
+@pytest.mark.parametrize("name", [command.name for command in TRAINING_SUBCOMMANDS])
+def test_help_of_every_training_subcommand(name, capsys):
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: tagi-hf {name}") and "--config" in out and "--out OUT" in out
+    assert "--no-x" in out and "(default: " in out
+
+
+def test_help_shows_each_subcommands_own_defaults(capsys):
+    defaults = {}
+    for name in ("train", "pretrain", "train-baseline", "train-teachers"):
+        assert main([name, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        defaults[name] = re.search(r"--max-steps MAX_STEPS .*?\(default: (\w+)\)", text).group(1)
+    assert defaults == {"train": "20000", "pretrain": "50000", "train-baseline": "1000", "train-teachers": "100"}
+
+
+def test_a_dataclass_field_is_a_flag_with_its_negation_alias_and_default():
+    """What a new argument takes: a field. `finish_dataclass_flags` adds what HfArgumentParser leaves out."""
+    from dataclasses import dataclass, field
+
+    from transformers import HfArgumentParser
+
+    from tagi_hf.cli.arguments import Subcommand, dataclass_from, finish_dataclass_flags
+
+    @dataclass
+    class Knobs:
+        per_device_size: int = field(default=1, metadata={"help": "Size."})
+        shiny: bool = False
+        kind: str = "a"
+
+    command = Subcommand(
+        "x", "X.", None, print, arguments=(Knobs,), defaults={"kind": "b"}, aliases={"--size": "per_device_size"}
+    )
+    parser = HfArgumentParser(Knobs)
+    finish_dataclass_flags(parser, command)
+    assert dataclass_from(parser.parse_args([]), Knobs) == Knobs(per_device_size=1, shiny=False, kind="b")
+    parsed = parser.parse_args(["--size", "4", "--shiny", "--kind", "c"])
+    assert dataclass_from(parsed, Knobs) == Knobs(per_device_size=4, shiny=True, kind="c")
+    assert parser.parse_args(["--shiny", "--no-shiny"]).shiny is False
+    assert "`Knobs.kind`. (default: b)" in " ".join(parser.format_help().split())
+    with pytest.raises(ValueError, match=r"defaults name no flag: \['kinds'\]"):
+        finish_dataclass_flags(HfArgumentParser(Knobs), Subcommand("y", "Y.", None, print, (Knobs,), {"kinds": 1}))

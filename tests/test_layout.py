@@ -230,3 +230,13 @@ def test_old_module_paths_still_import_the_same_objects_with_a_warning(old, new,
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
     [warning] = [w for w in caught if issubclass(w.category, FutureWarning) and new in str(w.message)]
     assert "goes in tagi-hf 0.3.0" in str(warning.message)  # the version that removes the old path
+
+
+def test_train_tagi_at_its_old_place_is_the_same_function_with_a_warning():
+    import tagi_hf.recipes.synthetic as recipe
+    from tagi_hf.training.run import train_tagi
+
+    with pytest.warns(FutureWarning, match=r"moved to `tagi_hf.training.run.train_tagi`.*goes in tagi-hf 0\.3\.0"):
+        assert recipe.train_tagi is train_tagi
+    with pytest.raises(AttributeError, match="has no attribute 'not_there'"):
+        recipe.not_there  # noqa: B018

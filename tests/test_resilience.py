@@ -19,11 +19,16 @@ import tagi_hf.modeling.adapter as adapter_module
 from tagi_hf import TagiModel
 from tagi_hf.data import TagiDataCollator, train_tokenizer, write_synthetic_suite
 from tagi_hf.recipes.standin import standin_config
-from tagi_hf.recipes.synthetic import train_tagi
 from tagi_hf.teachers import TeacherBank, train_lora_teachers
 from tagi_hf.teachers.bank import TEACHER_INFO
 from tagi_hf.training.arguments import TagiTrainingArguments
-from tagi_hf.training.checkpoints import is_complete_checkpoint, last_complete_checkpoint, resolve_resume_checkpoint
+from tagi_hf.training.checkpoints import (
+    RESUME_IF_ANY,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    resolve_resume_checkpoint,
+)
+from tagi_hf.training.run import train_tagi
 from tagi_hf.training.trainer import TagiTrainer
 from tiny import tiny_model, tiny_text_config, tiny_tokenizer
 
@@ -82,11 +87,20 @@ def test_only_checkpoints_with_a_readable_trainer_state_count(tmp_path):
     assert last_complete_checkpoint(tmp_path, before=2) is None
     assert resolve_resume_checkpoint(str(tmp_path / "checkpoint-6"), "unused") == str(tmp_path / "checkpoint-2")
     assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    assert resolve_resume_checkpoint(RESUME_IF_ANY, str(tmp_path)) == str(tmp_path / "checkpoint-2")
     assert resolve_resume_checkpoint(None, str(tmp_path)) is None
+    assert resolve_resume_checkpoint(False, str(tmp_path)) is None
     missing = str(tmp_path / "checkpoint-99")  # not there at all: passed on, for Trainer's own error
     assert resolve_resume_checkpoint(missing, str(tmp_path)) == missing
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
         resolve_resume_checkpoint(True, str(tmp_path / "checkpoint-x"))
+    # "if-any" (what train_tagi passes): a fresh start where there is nothing complete to resume from.
+    assert resolve_resume_checkpoint(RESUME_IF_ANY, str(tmp_path / "checkpoint-x")) is None
+    assert resolve_resume_checkpoint(RESUME_IF_ANY, str(tmp_path / "not-there")) is None
+    (tmp_path / "only-cut-short" / "checkpoint-3").mkdir(parents=True)
+    assert resolve_resume_checkpoint(RESUME_IF_ANY, str(tmp_path / "only-cut-short")) is None
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        resolve_resume_checkpoint(True, str(tmp_path / "only-cut-short"))
 
 
 @pytest.mark.usefixtures("single_thread")  # bit for bit, as in test_trainer's resume test
@@ -158,6 +172,24 @@ def test_train_tagi_final_save_is_all_or_nothing(tmp_path, monkeypatch):
     train_tagi(tiny_model("none"), tokenizer, Dataset.from_list(_rows(2)), tmp_path / "fresh",
                _args(tmp_path / "work-fresh", max_steps=2))  # fmt: skip
     assert TagiModel.from_pretrained(tmp_path / "fresh").config.fusion == "none"
+
+
+def test_train_tagi_resumes_from_the_newest_complete_checkpoint_or_starts_fresh(tmp_path):
+    tokenizer, data = tiny_tokenizer(), Dataset.from_list(_rows(2))
+    train_tagi(tiny_model("none"), tokenizer, data, tmp_path / "first", _args(tmp_path / "work", max_steps=2))
+    first = json.loads((tmp_path / "first" / "training_log.json").read_text())
+    assert [entry["step"] for entry in first if "loss" in entry] == [1, 2]  # fresh: no checkpoint to resume from
+    # A longer run in the same work folder continues from checkpoint-2: only steps 3 and 4 are trained.
+    train_tagi(tiny_model("none"), tokenizer, data, tmp_path / "longer", _args(tmp_path / "work", max_steps=4))
+    longer = json.loads((tmp_path / "longer" / "training_log.json").read_text())
+    assert [entry["step"] for entry in longer if "loss" in entry] == [1, 2, 3, 4]  # the log carries on
+    assert [e["loss"] for e in longer if "loss" in e][:2] == [e["loss"] for e in first if "loss" in e]
+    # resume=False starts over even though checkpoints are there.
+    train_tagi(
+        tiny_model("none"), tokenizer, data, tmp_path / "over", _args(tmp_path / "work", max_steps=4), resume=False
+    )
+    over = json.loads((tmp_path / "over" / "training_log.json").read_text())
+    assert [entry["step"] for entry in over if "loss" in entry] == [1, 2, 3, 4]
 
 
 def test_a_teacher_cut_short_while_saving_is_absent_and_retrained(tmp_path, monkeypatch):

@@ -30,8 +30,9 @@ from transformers import T5ForConditionalGeneration
 
 from tagi_hf.data import TagiDataCollator
 from tagi_hf.modeling.modeling_tagi import TagiModel
-from tagi_hf.recipes.synthetic import DemoSettings, SyntheticRecipe, _stage_args, train_tagi
+from tagi_hf.recipes.synthetic import DemoSettings, SyntheticRecipe, _stage_args
 from tagi_hf.teachers import TeacherBank
+from tagi_hf.training.run import train_tagi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quality import BENCHMARK_SETTINGS  # noqa: E402

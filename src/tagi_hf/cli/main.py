@@ -1,10 +1,12 @@
 """The `tagi-hf` command line: one subcommand per step of the pipeline.
 
-Adding a subcommand: write `_add_<name>_arguments(parser)` and `_run_<name>(args) -> int`, and append a
-[`Subcommand`] to [`SUBCOMMANDS`] (bottom of this file). Every subcommand gets `--config FILE.yaml` (keys are flag
-names, with dashes or underscores; explicit flags win over the file) and `--help` with defaults shown. Import the
-modules a run needs inside `_run_<name>`: the parser is built on every call, for every subcommand. A `ValueError`
-raised by a run is bad input: it prints `error: <message>` and exits with code 2, without a traceback.
+Adding a subcommand: write `_run_<name>(args) -> int` and its flags, as dataclasses whose fields become flags
+through `HfArgumentParser` (`Subcommand.arguments`, as the training subcommands in `cli/train.py` do; see
+`cli/arguments.py`) or by hand in `_add_<name>_arguments(parser)`, and append a [`Subcommand`] to [`SUBCOMMANDS`]
+(bottom of this file). Every subcommand gets `--config FILE.yaml` (keys are flag names, with dashes or underscores;
+explicit flags win over the file) and `--help` with defaults shown. Import the modules a run needs inside
+`_run_<name>`: the parser is built on every call, for every subcommand. A `ValueError` raised by a run is bad input:
+it prints `error: <message>` and exits with code 2, without a traceback.
 
 ```
 tagi-hf synth --out synthetic-suite --seed 0
@@ -23,8 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transformers import HfArgumentParser
+
 from .. import __version__
-from .arguments import HelpFormatter, Subcommand, positive_int
+from .arguments import NEGATION_NOTE, HelpFormatter, Subcommand, finish_dataclass_flags, positive_int
 from .train import TRAINING_SUBCOMMANDS
 
 
@@ -40,12 +44,24 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _options_by_dest(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+def _options_by_key(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Each flag's action under its name with underscores (`batch_size` for `--batch-size`, aliases included)."""
+    return {
+        option.removeprefix("--").replace("-", "_"): action
+        for action in parser._actions
+        if action.dest not in ("help", "config")
+        for option in action.option_strings
+        if option.startswith("--")
+    }
 
 
 def _config_tokens(parser: argparse.ArgumentParser, path: str, command: str) -> list[str]:
-    """The command-line tokens equivalent to a YAML config; placed before the user's own flags, which then win."""
+    """The command-line tokens equivalent to a YAML config; placed before the user's own flags, which then win.
+
+    Not `HfArgumentParser.parse_yaml_file`: that fills the dataclasses from the file alone, so flags given on the
+    command line could not override it, and it knows neither the dashed keys of the examples' files
+    (`max-steps`), the aliases (`batch-size`), nor the flags of the subcommands without dataclasses. As tokens, a
+    file's values pass the same types, choices and checks as typed flags."""
     import yaml
 
     try:
@@ -56,7 +72,7 @@ def _config_tokens(parser: argparse.ArgumentParser, path: str, command: str) -> 
         raise ValueError(
             f"`--config` {path}: expected a mapping of flag names to values, got {type(values).__name__}."
         )
-    options = _options_by_dest(parser)
+    options = _options_by_key(parser)
     tokens: list[str] = []
     for key, value in values.items():
         action = options.get(str(key).replace("-", "_"))
@@ -73,8 +89,8 @@ def _action_tokens(action: argparse.Action, value: Any) -> list[str]:
         return []
     if isinstance(action, argparse.BooleanOptionalAction):  # option_strings: ["--x", "--no-x"]
         return [action.option_strings[0] if value else action.option_strings[1]]
-    if action.nargs == 0:  # store_true / store_false / store_const: the flag is present or not
-        return [flag] if value == action.const else []
+    if action.nargs == 0:  # store_true / store_false (`--no-x`): the flag is present or not
+        return [flag] if value is True else []
     if isinstance(value, list):
         return [flag, *map(str, value)]
     return [flag, str(value)]
@@ -265,13 +281,25 @@ def _maybe_push(args: argparse.Namespace, out: Path) -> int:
 
 # ------------------------------------------------------------------------------------------------------- parsing
 SUBCOMMANDS: list[Subcommand] = [
-    Subcommand("synth", "Write the synthetic instruction suite (SNI layout; train, dev and test splits).",
-               _add_synth_arguments, _run_synth),
-    Subcommand("evaluate", "Evaluate a TAGI or T5 model (SNI protocol or rank classification).",
-               _add_evaluate_arguments, _run_evaluate),
-    Subcommand("generate-adapter", "Generate LoRA adapters from instructions with a TagiModel.",
-               _add_generate_adapter_arguments, _run_generate_adapter),
-]  # fmt: skip
+    Subcommand(
+        "synth",
+        "Write the synthetic instruction suite (SNI layout; train, dev and test splits).",
+        _add_synth_arguments,
+        _run_synth,
+    ),
+    Subcommand(
+        "evaluate",
+        "Evaluate a TAGI or T5 model (SNI protocol or rank classification).",
+        _add_evaluate_arguments,
+        _run_evaluate,
+    ),
+    Subcommand(
+        "generate-adapter",
+        "Generate LoRA adapters from instructions with a TagiModel.",
+        _add_generate_adapter_arguments,
+        _run_generate_adapter,
+    ),
+]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -280,13 +308,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         prog="tagi-hf", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # A subcommand's dataclasses become its flags through HfArgumentParser (a plain argparse parser without them).
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HfArgumentParser)
     parsers = {}
     for command in [*SUBCOMMANDS, *TRAINING_SUBCOMMANDS]:
         sub = commands.add_parser(
-            command.name, help=command.help, description=command.help, formatter_class=HelpFormatter
+            command.name,
+            help=command.help,
+            description=command.help + (f"\n\n{NEGATION_NOTE}" if command.arguments else ""),
+            formatter_class=HelpFormatter,
+            dataclass_types=command.arguments,
+            usage="%(prog)s [options]" if command.arguments else None,  # `--help` lists them
         )
-        command.add_arguments(sub)
+        finish_dataclass_flags(sub, command)
+        if command.add_arguments is not None:
+            command.add_arguments(sub)
         add_config_argument(sub)
         sub.set_defaults(_run=command.run)
         parsers[command.name] = sub

@@ -1,7 +1,9 @@
-"""The whole TAGI recipe as functions: stage 1, stage 2, and the synthetic-suite demo that chains every stage.
+"""The TAGI recipe on the synthetic suite: its stages (suite, tokenizer, stand-in backbone, baseline, LoRA teachers,
+stage 1, stage 2), each cached in its own folder, and the demo that chains them and shows the result.
 
-Each stage writes its result directory atomically; a directory that exists is complete, so re-running a pipeline
-skips finished stages (resume) and `overwrite=True` starts over.
+Each stage writes its result directory atomically and records the settings it was built with; a finished stage is
+reused when the settings match, so re-running a pipeline skips finished stages (resume) and `overwrite=True` starts
+over. The training runs themselves are [`tagi_hf.training.run.train_tagi`].
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +19,6 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5ForConditionalGeneration
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..data import (
@@ -30,38 +32,22 @@ from ..data import (
 from ..data.prompts import format_instruction, format_teacher_input
 from ..modeling.file_utils import atomic_directory, atomic_write_text
 from ..modeling.modeling_tagi import TagiModel
+from ..training import run
 from ..training.arguments import TagiTrainingArguments
-from ..training.checkpoints import save_final_model
-from ..training.trainer import TagiTrainer
 
 logger = logging.get_logger(__name__)
 
 
-def train_tagi(
-    model: TagiModel,
-    tokenizer: PreTrainedTokenizerBase,
-    train_dataset: Dataset,
-    output_dir: str | Path,
-    args: TagiTrainingArguments,
-    *,
-    data_collator: Callable | None = None,
-    teacher_model: T5ForConditionalGeneration | None = None,
-    teacher_bank=None,
-) -> Path:
-    """Runs [`TagiTrainer`] (resuming from the last checkpoint in `args.output_dir`) and saves the final model and
-    tokenizer atomically to `output_dir`. Stage 1 passes a [`PretrainingCollator`] and zero distillation weights."""
-    model.train()
-    trainer = TagiTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        teacher_model=teacher_model,
-        teacher_bank=teacher_bank,
-        data_collator=data_collator or TagiDataCollator(tokenizer),
-    )
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=checkpoint)
-    return save_final_model(trainer, output_dir, tokenizer=tokenizer)
+def __getattr__(name: str):
+    if name == "train_tagi":  # moved to tagi_hf.training.run: the old name still resolves, with a warning
+        warnings.warn(
+            "`tagi_hf.recipes.synthetic.train_tagi` moved to `tagi_hf.training.run.train_tagi`; import it from there "
+            "(the old name goes in tagi-hf 0.3.0).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return run.train_tagi
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -181,6 +167,18 @@ def _stage_args(s: DemoSettings, work: Path, steps: int, **kwargs) -> TagiTraini
     )
 
 
+BACKBONE_SETTINGS = (
+    "seed instances_per_task vocab_size d_model num_layers corpus_instance_fraction standin_random_texts "
+    "standin_boundary_probability standin_definition_fraction backbone_steps backbone_learning_rate batch_size"
+).split()
+"""The [`DemoSettings`] fields the backbone depends on: part of every stage's record."""
+STAGE2_SETTINGS = (
+    "stage1_steps stage1_learning_rate stage2_steps lora_rank kl_temperature examples_per_task baseline_steps "
+    "teacher_steps teacher_learning_rate"
+).split()
+"""The further [`DemoSettings`] fields a stage-2 model depends on (its variant's own choices are added)."""
+
+
 class SyntheticRecipe:
     """The stages of the TAGI recipe on the synthetic suite, each cached in its own directory under `s.out`.
 
@@ -216,10 +214,7 @@ class SyntheticRecipe:
 
     def _record(self, fields: tuple[str, ...], **extra) -> dict:
         """The settings a stage depends on (checked when it is reused), its backbone's included."""
-        backbone = ("seed", "instances_per_task", "vocab_size", "d_model", "num_layers", "corpus_instance_fraction",
-                    "standin_random_texts", "standin_boundary_probability", "standin_definition_fraction",
-                    "backbone_steps", "backbone_learning_rate", "batch_size")  # fmt: skip
-        return {k: getattr(self.s, k) for k in backbone + fields} | extra
+        return {k: getattr(self.s, k) for k in (*BACKBONE_SETTINGS, *fields)} | extra
 
     def _work(self, name: str, record: dict) -> Path:
         """The checkpoint folder of stage `name`: checkpoints left there by a run with other settings are removed
@@ -240,36 +235,68 @@ class SyntheticRecipe:
         config = standin_config(len(self.tokenizer), d_model=s.d_model, num_layers=s.num_layers)
         random_texts = synthetic_corpus(s.seed, s.standin_random_texts, instance_fraction=0.0)
         texts = instance_texts(self.train, s.seed, definition_fraction=s.standin_definition_fraction)
-        return self._stage(self.out / "backbone", lambda p: pretrain_standin(
-            texts + random_texts, self.tokenizer, p, config=config, max_steps=s.backbone_steps,
-            batch_size=s.batch_size, learning_rate=s.backbone_learning_rate, seed=s.seed,
-            boundary_probability=s.standin_boundary_probability), self._record(()))  # fmt: skip
+        return self._stage(
+            self.out / "backbone",
+            lambda p: pretrain_standin(
+                texts + random_texts,
+                self.tokenizer,
+                p,
+                config=config,
+                max_steps=s.backbone_steps,
+                batch_size=s.batch_size,
+                learning_rate=s.backbone_learning_rate,
+                seed=s.seed,
+                boundary_probability=s.standin_boundary_probability,
+            ),
+            self._record(()),
+        )
 
     def baseline(self, setting: str = "def") -> Path:
         """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher."""
         from ..teachers.baseline import train_multitask_baseline
 
         s, name = self.s, "baseline" if setting == "def" else f"baseline-{setting}"
-        return self._stage(self.out / name, lambda p: train_multitask_baseline(
-            str(self.backbone()), self.tokenizer, self.train, p, setting=setting, max_steps=s.baseline_steps,
-            learning_rate=s.learning_rate, per_device_train_batch_size=s.batch_size, seed=s.seed),
-            self._record(("baseline_steps", "learning_rate"), setting=setting))  # fmt: skip
+        return self._stage(
+            self.out / name,
+            lambda p: train_multitask_baseline(
+                str(self.backbone()),
+                self.tokenizer,
+                self.train,
+                p,
+                setting=setting,
+                max_steps=s.baseline_steps,
+                learning_rate=s.learning_rate,
+                per_device_train_batch_size=s.batch_size,
+                seed=s.seed,
+            ),
+            self._record(("baseline_steps", "learning_rate"), setting=setting),
+        )
 
     def teachers(self) -> Path:
         from ..teachers.joint import train_lora_teachers_jointly
 
         s = self.s  # 323 small tasks: one joint run trains every task's teacher (see teachers/joint.py)
-        return self._stage(self.out / "teachers", lambda p: train_lora_teachers_jointly(
-            str(self.backbone()), self.tokenizer, self.train, p, rank=s.lora_rank, max_steps=s.teacher_steps,
-            learning_rate=s.teacher_learning_rate, batch_size=s.batch_size, seed=s.seed),
-            self._record(("teacher_steps", "teacher_learning_rate", "lora_rank")))  # fmt: skip
+        return self._stage(
+            self.out / "teachers",
+            lambda p: train_lora_teachers_jointly(
+                str(self.backbone()),
+                self.tokenizer,
+                self.train,
+                p,
+                rank=s.lora_rank,
+                max_steps=s.teacher_steps,
+                learning_rate=s.teacher_learning_rate,
+                batch_size=s.batch_size,
+                seed=s.seed,
+            ),
+            self._record(("teacher_steps", "teacher_learning_rate", "lora_rank")),
+        )
 
     def fresh_tagi(self, fusion: str, generator: dict | None = None) -> TagiModel:
         """A TAGI model around the stand-in; `generator`: TagiConfig fields (default: the settings' generator)."""
         r = self.s.lora_rank
         generator = self.generator() if generator is None else generator
-        return TagiModel.from_backbone(str(self.backbone()), lora_rank=r, lora_alpha=2 * r, fusion=fusion,
-                                       **generator)  # fmt: skip
+        return TagiModel.from_backbone(str(self.backbone()), lora_rank=r, lora_alpha=2 * r, fusion=fusion, **generator)
 
     def generator(self) -> dict:
         """The settings' generator as TagiConfig fields."""
@@ -279,8 +306,12 @@ class SyntheticRecipe:
         s, generator = self.s, self.generator() if generator is None else generator
         name = "tagi-stage1" if fusion == s.fusion else f"tagi-stage1-{fusion}"
         name += "" if generator == self.generator() else "-" + "-".join(generator.values())
-        record = self._record(("stage1_steps", "stage1_learning_rate", "lora_rank", "corpus_instance_fraction"),
-                              fusion=fusion, instruction_encoder_trains=False, **generator)  # fmt: skip
+        record = self._record(
+            ("stage1_steps", "stage1_learning_rate", "lora_rank", "corpus_instance_fraction"),
+            fusion=fusion,
+            instruction_encoder_trains=False,
+            **generator,
+        )
 
         def model() -> TagiModel:
             # A separate instruction encoder stays frozen in stage 1 (a copy of the backbone's, as the paper's
@@ -290,15 +321,37 @@ class SyntheticRecipe:
             tagi.set_trainable(instruction_encoder=False)
             return tagi
 
-        return self._stage(self.out / name, lambda p: train_tagi(
-            model(), self.tokenizer, Dataset.from_dict({"text": self.corpus}), p,
-            _stage_args(replace(s, learning_rate=s.stage1_learning_rate), self._work(name, record), s.stage1_steps,
-                        lambda_kl=0.0, lambda_ins=0.0),
-            data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed)), record)  # fmt: skip
+        return self._stage(
+            self.out / name,
+            lambda p: run.train_tagi(
+                model(),
+                self.tokenizer,
+                Dataset.from_dict({"text": self.corpus}),
+                p,
+                _stage_args(
+                    replace(s, learning_rate=s.stage1_learning_rate),
+                    self._work(name, record),
+                    s.stage1_steps,
+                    lambda_kl=0.0,
+                    lambda_ins=0.0,
+                ),
+                data_collator=PretrainingCollator(self.tokenizer, min_segment_length=3, seed=s.seed),
+            ),
+            record,
+        )
 
-    def tagi(self, name: str = "tagi", *, setting: str = "def", fusion: str | None = None, stage1: bool = True,
-             lambda_kl: float | None = None, lambda_ins: float | None = None, learning_rate: float | None = None,
-             generator: dict | None = None) -> Path:  # fmt: skip
+    def tagi(
+        self,
+        name: str = "tagi",
+        *,
+        setting: str = "def",
+        fusion: str | None = None,
+        stage1: bool = True,
+        lambda_kl: float | None = None,
+        lambda_ins: float | None = None,
+        learning_rate: float | None = None,
+        generator: dict | None = None,
+    ) -> Path:
         """Stage 2 for one variant (defaults: the full method of the settings; `generator`: TagiConfig fields of
         another generator, e.g. the paper's frozen encoder with mean pooling)."""
         s = self.s if learning_rate is None else replace(self.s, learning_rate=learning_rate)
@@ -309,11 +362,16 @@ class SyntheticRecipe:
         separate = generator["instruction_encoder"] == "separate"
         encoder_lr = s.instruction_encoder_learning_rate if separate else None
         record = self._record(
-            ("stage1_steps", "stage1_learning_rate", "stage2_steps", "lora_rank", "kl_temperature",
-             "examples_per_task", "baseline_steps", "teacher_steps", "teacher_learning_rate"),
-            setting=setting, fusion=fusion, stage1=stage1, lambda_kl=kl, lambda_ins=ins, learning_rate=s.learning_rate,
-            instruction_encoder_learning_rate=encoder_lr, **generator,
-        )  # fmt: skip
+            STAGE2_SETTINGS,
+            setting=setting,
+            fusion=fusion,
+            stage1=stage1,
+            lambda_kl=kl,
+            lambda_ins=ins,
+            learning_rate=s.learning_rate,
+            instruction_encoder_learning_rate=encoder_lr,
+            **generator,
+        )
         cached_k = s.teacher_logits_top_k if kl > 0 else 0
         if cached_k:  # recorded only when used, so stages built with the live teacher keep their records
             record["teacher_logits_top_k"] = cached_k
@@ -325,15 +383,32 @@ class SyntheticRecipe:
                 model = self.fresh_tagi(fusion, generator)
             collator = TagiDataCollator(self.tokenizer, setting=setting)
             teacher = T5ForConditionalGeneration.from_pretrained(self.baseline(setting)) if kl > 0 else None
-            train, teacher = teacher_or_cache(teacher, self.train, collator, self.out / f"teacher-logits-{setting}",
-                                              top_k=cached_k, temperature=s.kl_temperature)  # fmt: skip
-            train_tagi(
-                model, self.tokenizer, train, path,
-                _stage_args(s, self._work(name, record), s.stage2_steps, lambda_kl=kl, lambda_ins=ins,
-                            instruction_encoder_learning_rate=encoder_lr, examples_per_task=s.examples_per_task),
-                data_collator=collator, teacher_model=teacher,
+            train, teacher = teacher_or_cache(
+                teacher,
+                self.train,
+                collator,
+                self.out / f"teacher-logits-{setting}",
+                top_k=cached_k,
+                temperature=s.kl_temperature,
+            )
+            run.train_tagi(
+                model,
+                self.tokenizer,
+                train,
+                path,
+                _stage_args(
+                    s,
+                    self._work(name, record),
+                    s.stage2_steps,
+                    lambda_kl=kl,
+                    lambda_ins=ins,
+                    instruction_encoder_learning_rate=encoder_lr,
+                    examples_per_task=s.examples_per_task,
+                ),
+                data_collator=collator,
+                teacher_model=teacher,
                 teacher_bank=TeacherBank.from_directory(self.teachers()) if ins > 0 else None,
-            )  # fmt: skip
+            )
 
         from ..teachers.lora_teachers import TeacherBank
         from ..training.teacher_logits import teacher_or_cache
@@ -351,11 +426,18 @@ class SyntheticRecipe:
         tag = tag if split == "test" else f"{tag}-{split}"
         predictions = self.out / "eval" / f"predictions-{tag}.jsonl"
         metrics = evaluate_model(
-            str(model_dir), str(self.data_dir), split=split, setting=setting, instruction_mode=instruction_mode,
-            max_instances_per_task=self.s.eval_instances_per_task, batch_size=64, max_new_tokens=max_new_tokens,
-            output=str(self.out / "eval" / f"metrics-{tag}.json"), predictions_file=str(predictions),
+            str(model_dir),
+            str(self.data_dir),
+            split=split,
+            setting=setting,
+            instruction_mode=instruction_mode,
+            max_instances_per_task=self.s.eval_instances_per_task,
+            batch_size=64,
+            max_new_tokens=max_new_tokens,
+            output=str(self.out / "eval" / f"metrics-{tag}.json"),
+            predictions_file=str(predictions),
             show_progress=False,
-        )  # fmt: skip
+        )
         texts = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
         return metrics | {"ran_to_limit": count_ran_to_limit(texts, self.tokenizer, max_new_tokens)}
 
@@ -364,8 +446,13 @@ class SyntheticRecipe:
         from ..evaluation.fit import unseen_train_rows
 
         s = self.s
-        return unseen_train_rows(self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed,
-                                 per_task=s.eval_instances_per_task, num_tasks=s.fit_tasks or None)  # fmt: skip
+        return unseen_train_rows(
+            self.data_dir,
+            max_train_instances_per_task=s.instances_per_task,
+            seed=s.seed,
+            per_task=s.eval_instances_per_task,
+            num_tasks=s.fit_tasks or None,
+        )
 
     def evaluate_fit(
         self, model_dir: Path | None, *, setting: str = "def", max_new_tokens: int = 32, instruction_mode: str = "own"
@@ -384,9 +471,17 @@ class SyntheticRecipe:
             records = predict_with_teachers(base, bank, self.tokenizer, rows, max_new_tokens=max_new_tokens)
         else:
             model, _, kind = load_for_evaluation(model_dir)
-            records = predict(model, self.tokenizer, rows, kind=kind, setting=setting, batch_size=64,
-                              max_new_tokens=max_new_tokens, instruction_mode=instruction_mode,
-                              show_progress=False)  # fmt: skip
+            records = predict(
+                model,
+                self.tokenizer,
+                rows,
+                kind=kind,
+                setting=setting,
+                batch_size=64,
+                max_new_tokens=max_new_tokens,
+                instruction_mode=instruction_mode,
+                show_progress=False,
+            )
         return summarise_predictions(records, self.tokenizer, max_new_tokens)
 
 
@@ -431,8 +526,10 @@ def train_demo_tokenizer(train: Dataset, corpus: list[str], vocab_size: int) -> 
     """The demo's tokenizer, trained on the corpus and the train split's texts (the cost benchmark uses it too)."""
     texts = [*corpus, *train["definition"], *train["input"], *(o for outs in train["outputs"] for o in outs)]
     # The prompt templates too ("Definition:", "Positive Example", "Now complete ..."): short sequences, fast steps.
-    texts += [format_teacher_input(format_instruction(r["definition"], r["positive_examples"], 2), r["input"])
-              for r in train.select(range(0, len(train), 50))]  # fmt: skip
+    texts += [
+        format_teacher_input(format_instruction(r["definition"], r["positive_examples"], 2), r["input"])
+        for r in train.select(range(0, len(train), 50))
+    ]
     return train_tokenizer(texts, vocab_size=vocab_size)
 
 
@@ -480,13 +577,23 @@ def format_demo_table(summary: dict) -> str:
         )
     fit = summary.get("train_tasks_unseen_instances", {})
     if fit:
-        lines += ["", "Fit: unseen instances of train tasks", "| model | ROUGE-L | EM | ran to limit | n |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {name} | {m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['ran_to_limit']} | {m['n']} |"
-                  for name, m in fit.items()]  # fmt: skip
+        lines += [
+            "",
+            "Fit: unseen instances of train tasks",
+            "| model | ROUGE-L | EM | ran to limit | n |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {m['rougeL']:.1f} | {m['exact_match']:.1f} | {m['ran_to_limit']} | {m['n']} |"
+            for name, m in fit.items()
+        ]
     demo = summary["adapter_demo"]
-    lines += ["", f"Generated adapter for an unseen instruction (a held-out word): {demo['instruction']}",
-              "| input | prediction | expected |", "|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"Generated adapter for an unseen instruction (a held-out word): {demo['instruction']}",
+        "| input | prediction | expected |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['input']} | {r['output']} | {r['expected']} |" for r in demo["examples"]]
     lines += [f"Exact match: {demo['exact_match']:.0f} % of {len(demo['examples'])}."]
     if "seconds" in summary:

@@ -60,7 +60,9 @@ class TagiTrainingArguments(Seq2SeqTrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep raw columns: the TAGI collator needs the instruction text."}
     )
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to log to."})
+    # Written as TrainingArguments writes it: HfArgumentParser reads `None | str | ...` as a string flag, and fails
+    # on `str | list[str] | None`.
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to log to."})
 
     def __post_init__(self):
         super().__post_init__()

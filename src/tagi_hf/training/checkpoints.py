@@ -3,7 +3,8 @@
 `Trainer` writes a checkpoint in place: weights, optimizer, scheduler, RNG states, and `trainer_state.json` last.
 A run killed while saving leaves a `checkpoint-N` folder without a readable `trainer_state.json`, and
 `transformers.trainer_utils.get_last_checkpoint` would still pick it. Here a checkpoint counts only when its
-`trainer_state.json` parses; [`TagiTrainer.train`] falls back from an incomplete one to the newest complete one.
+`trainer_state.json` parses; [`resolve_resume_checkpoint`], the one function that decides where a run resumes, falls
+back from an incomplete one to the newest complete one.
 """
 
 from __future__ import annotations
@@ -34,26 +35,50 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
     return True
 
 
-def last_complete_checkpoint(folder: str | os.PathLike, *, before: int | None = None) -> str | None:
-    """The newest complete `checkpoint-N` in `folder` (only steps `< before` when given), or `None`."""
+def _checkpoints(folder: str | os.PathLike) -> dict[int, Path]:
+    """The `checkpoint-N` folders in `folder` by step N, complete or not."""
     folder = Path(folder)
     if not folder.is_dir():
-        return None
-    steps = {int(m.group(1)): p for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()}
+        return {}
+    return {int(m.group(1)): p for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()}
+
+
+def _newest_checkpoint(folder: str | os.PathLike) -> str | None:
+    steps = _checkpoints(folder)
+    return str(steps[max(steps)]) if steps else None
+
+
+def last_complete_checkpoint(folder: str | os.PathLike, *, before: int | None = None) -> str | None:
+    """The newest complete `checkpoint-N` in `folder` (only steps `< before` when given), or `None`."""
+    steps = _checkpoints(folder)
     for step in sorted(steps, reverse=True):
         if (before is None or step < before) and is_complete_checkpoint(steps[step]):
             return str(steps[step])
     return None
 
 
-def resolve_resume_checkpoint(checkpoint: str | os.PathLike | bool | None, output_dir: str) -> str | bool | None:
-    """The checkpoint to resume from: `checkpoint` itself when complete, else the newest complete one before it
-    (a warning says which was skipped); `True` means the newest complete one in `output_dir`."""
+RESUME_IF_ANY = "if-any"
+"""`resume_from_checkpoint` value meaning: the newest complete checkpoint in `output_dir` when there is one, else a
+fresh start (what [`train_tagi`] passes, so that rerunning a crashed run continues it)."""
+
+
+def resolve_resume_checkpoint(checkpoint: str | os.PathLike | bool | None, output_dir: str) -> str | None:
+    """
+    The checkpoint to resume from. The one place this is decided: [`TagiTrainer.train`] calls it on its
+    `resume_from_checkpoint`, and [`train_tagi`] goes through that.
+
+    - `None` or `False`: none (a fresh start);
+    - a path: itself when complete, else the newest complete one before it, or none (a warning says which was
+      skipped; a missing folder is passed on for Trainer's own error);
+    - `True`: the newest checkpoint in `output_dir`, resolved like a path; an error when there is no complete one;
+    - [`RESUME_IF_ANY`]: like `True`, but a fresh start (`None`) when there is no complete one.
+    """
     if checkpoint is None or checkpoint is False:
-        return checkpoint
-    if checkpoint is True:
-        found = last_complete_checkpoint(output_dir)
-        if found is None:
+        return None
+    if checkpoint is True or checkpoint == RESUME_IF_ANY:
+        newest = _newest_checkpoint(output_dir)
+        found = None if newest is None else resolve_resume_checkpoint(newest, output_dir)
+        if found is None and checkpoint is True:
             raise ValueError(f"`resume_from_checkpoint=True`, but `{output_dir}` holds no complete checkpoint.")
         return found
     path = Path(checkpoint)

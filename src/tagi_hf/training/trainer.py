@@ -254,8 +254,9 @@ class TagiTrainer(Seq2SeqTrainer):
 
     # ------------------------------------------------------------------------------------------- saving, resuming
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        """`Trainer.train`; a checkpoint cut short by a crash is skipped for the newest complete one
-        ([`tagi_hf.training.checkpoints.resolve_resume_checkpoint`])."""
+        """`Trainer.train`, resuming where [`tagi_hf.training.checkpoints.resolve_resume_checkpoint`] says: a
+        checkpoint cut short by a crash is skipped for the newest complete one, and `"if-any"` ([`RESUME_IF_ANY`])
+        resumes from the newest complete checkpoint in `args.output_dir` when there is one, else starts fresh."""
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         return super().train(checkpoint, *args, **kwargs)
 
