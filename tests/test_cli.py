@@ -184,7 +184,7 @@ def test_help_of_every_subcommand(name, capsys):
     assert main([name, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: tagi-hf {name}") and "(default:" in out
-    shown = set(re.findall(r"--[a-z][a-z0-9-]*", out))
+    shown = set(re.findall(r"--[a-z][a-z0-9_-]*", out))
     assert {"--config", *KEY_FLAGS[name]} <= shown, sorted({"--config", *KEY_FLAGS[name]} - shown)
     for action in PARSERS[name]._actions:  # every flag is shown, with a help text of its own
         if action.help != argparse.SUPPRESS:

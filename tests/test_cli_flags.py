@@ -97,7 +97,7 @@ def test_pretrain_reads_a_text_file_as_the_text_dataset_does(backbone, tmp_path,
 
     seen = []
     real = cli_train._pretraining_texts
-    monkeypatch.setattr(cli_train, "_pretraining_texts", lambda args: seen.append(real(args)) or seen[-1])
+    monkeypatch.setattr(cli_train, "_pretraining_texts", lambda *args: seen.append(real(*args)) or seen[-1])
     corpus = str(backbone / "corpus.txt")
     from_file = _pretrain(backbone, tmp_path / "file", "--text-file", corpus)
     texts = seen[0]
@@ -114,7 +114,7 @@ def test_pretrain_streams_a_dataset(backbone, tmp_path, monkeypatch):
 
     seen = []
     real = cli_train._pretraining_texts
-    monkeypatch.setattr(cli_train, "_pretraining_texts", lambda args: seen.append(real(args)) or seen[-1])
+    monkeypatch.setattr(cli_train, "_pretraining_texts", lambda *args: seen.append(real(*args)) or seen[-1])
     source = ["--dataset", "text", "--data-files", str(backbone / "corpus.txt"), "--streaming"]
     model = _pretrain(backbone, tmp_path / "streamed", *source)
     assert isinstance(seen[0], IterableDataset)
