@@ -1,4 +1,4 @@
-"""The operation language of the synthetic suite (contract: `spec/synthetic-suite.md`, Inputs / Operations / Tasks).
+"""The operation language of the synthetic suite (contract: `docs/synthetic-suite.md`, Inputs / Operations / Tasks).
 
 A task is a chain of one or two word-list operations with their parameters, applied left to right; this module holds
 the vocabulary, the 18 operations, the chain rules, task names and definitions. Which tasks make up the suite and
