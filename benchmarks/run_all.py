@@ -1,6 +1,6 @@
 """`make benchmark`: reruns every benchmark, then regenerates the results report, the README table and the chart.
 
-    python benchmarks/run_all.py [--quick] [--only quality cost memory] [--report-only]
+    python benchmarks/run_all.py [--quick] [--only quality cost memory] [--report-only] [--seeds 0 1 2]
 
 1. `quality.py`: the paper's comparisons in miniature on the synthetic suite -> `results/quality.json`
    (trained models under `runs/benchmark/`; the full TAGI model at `runs/benchmark/tagi/`);
@@ -46,10 +46,11 @@ RENAMED = {"backbone, instruction in context (no meta-training)": STANDIN}
 with its definition in context (instruction-tuned on the train tasks), not a backbone without meta-training."""
 
 
-def run_step(step: str, results: Path, quick: bool) -> float:
-    """Runs one benchmark script in a subprocess; returns its wall time in seconds."""
+def run_step(step: str, results: Path, quick: bool, seeds: list[int] | None = None) -> float:
+    """Runs one benchmark script in a subprocess; returns its wall time in seconds. `seeds`: the quality step's
+    stage-2 (and FT) training seeds (`quality.py --seeds`; default: the settings' seed alone)."""
     quick_flag = ["--quick"] if quick else []
-    budget = [] if quick else ["--set", *QUALITY_SET]
+    budget = ([] if quick else ["--set", *QUALITY_SET]) + (["--seeds", *map(str, seeds)] if seeds else [])
     commands = {
         "quality": [str(HERE / "quality.py"), *quick_flag, "--results", str(results / "quality.json"), "--out",
                     str(ROOT / "runs" / ("benchmark-quick" if quick else "benchmark")), *budget],
@@ -419,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets into results/quick/; README untouched")
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="quality: stage-2 and FT training seeds")
     parser.add_argument("--report-only", action="store_true", help="re-render the report from existing JSON")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     runtimes = _load(runtimes_file) or {}
     if not args.report_only:
         for step in args.only:
-            seconds = run_step(step, results, args.quick)
+            seconds = run_step(step, results, args.quick, args.seeds)
             runtimes[step] = {
                 "seconds": round(seconds, 1),
                 "cpu_cores": os.cpu_count(),

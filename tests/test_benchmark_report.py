@@ -292,3 +292,12 @@ def test_the_teachers_fit_target_is_counted_once_over_the_settings():
     assert teachers == [f"{fit_report.TEACHERS} EM on unseen train instances >= 90"]
     ft = [t for t, _, _ in fit_report.fit_targets(q) if t.endswith(">= 85")]
     assert len(ft) == 2  # FT depends on the setting: one target each
+
+
+def test_run_all_passes_the_seeds_to_the_quality_step(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(run_all.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    run_all.run_step("quality", tmp_path, quick=False, seeds=[0, 1, 2])
+    run_all.run_step("quality", tmp_path, quick=True)
+    assert commands[0][-6:] == ["--set", "stage2_steps=1000", "--seeds", "0", "1", "2"]
+    assert "--seeds" not in commands[1] and "--quick" in commands[1]
