@@ -1,12 +1,23 @@
 """The paper's comparisons in miniature on the synthetic suite (held-out test tasks, fixed seeds, same backbone).
 
-Methods (issue 4): 1 backbone with the instruction in context (no meta-training); 2 multi-task fine-tuning with the
-instruction in context (Tk-Instruct analogue); 3 hypernetwork with L_pred only (HINT/Hypter analogue); 4 TAGI;
+Methods (issue 4): 1 the stand-in backbone with the instruction in context (it is instruction-tuned on every train
+instance with its definition in context: a T0 analogue, not a model without meta-training); 2 multi-task fine-tuning
+with the instruction in context (Tk-Instruct analogue); 3 hypernetwork with L_pred only (HINT/Hypter analogue); 4 TAGI;
 5-8 TAGI without stage 1 / fusion / L_kl / L_ins; TAGI with the paper's generator (the frozen backbone encoder, one
 masked mean for every module) where the default generator differs; 9 the per-task LoRA teachers on their own
 training tasks. Each
 in the "Def" and "Def + 2 Pos." settings, with ROUGE-L, EM and strict EM overall and on the two held-out kinds,
-plus TAGI's instruction sensitivity (a generic instruction, another task's instruction).
+plus TAGI's instruction sensitivity (a generic instruction, another task's instruction). Beside them in every
+table (issue 24): "copy the input" (the prediction is the instance input) and "no instruction" (the stand-in and
+multi-task FT with `instruction_mode="empty"`: the instance input alone).
+
+Seeds (issue 24): `--seeds S0 S1 ...` trains stage 2 of every hypernetwork method, and multi-task FT, once per seed
+(the stand-in, the LoRA teachers, stage 1 and the suite stay those of the settings' seed; extra seeds reuse the
+stage-2 learning rate chosen for the first); the report shows mean ± sd and claims an ordering only where the gap
+exceeds the spread. `--headline` defaults to 3 seeds.
+
+Every scoring of the test split is appended to `test_scorings.jsonl` beside the results file (date, commit,
+configuration): a committed, append-only record of how often the test split was looked at.
 
     python benchmarks/quality.py [--quick] [--out runs/benchmark] [--results benchmarks/results/quality.json]
                                  [--stage2-lr-grid 1e-3 3e-4]
@@ -23,8 +34,11 @@ about generalisation; the LoRA teachers are scored there on their own tasks. Exa
 operation on both the test tasks and the train tasks.
 
 `--headline` trains and scores only the headline rows (multi-task FT with the instruction in context, the LoRA
-teachers, TAGI with the default recipe and with the paper's generator; "Def" setting, one stage-2 learning rate) into
-`benchmarks/results/headline.json`: the check anyone can rerun in about an hour on 2 CPU cores.
+teachers, TAGI with the default recipe and with the paper's generator, and the baselines; "Def" setting, one stage-2
+learning rate, 3 seeds) into `benchmarks/results/headline.json`.
+
+The fit rows reported here are disjoint from the selection rows that the probes choose settings on
+(`SyntheticRecipe.fit_rows`).
 
 Everything trains under `--out` (default `runs/benchmark/`; the full TAGI model of the "Def" setting ends up in
 `runs/benchmark/tagi/`, loadable by `tagi-hf evaluate`). Re-running reuses finished stages.
@@ -34,7 +48,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
+import os
 import platform
 import re
 import subprocess
@@ -44,10 +60,12 @@ from pathlib import Path
 
 import torch
 
+from tagi_hf.data import load_sni
 from tagi_hf.data.synthetic import HELD_OUT_WORDS
 from tagi_hf.evaluation.fit import scores_by_operation
+from tagi_hf.evaluation.metrics import compute_metrics
 from tagi_hf.modeling.file_utils import atomic_write_text
-from tagi_hf.recipes.synthetic import DemoSettings, SyntheticRecipe
+from tagi_hf.recipes.synthetic import SUITE_VERSION, DemoSettings, SyntheticRecipe
 
 SETTINGS = ("def", "def+2pos")
 # The benchmark's scale (DemoSettings fields; the demo keeps its own smaller defaults). Chosen by the probes logged in
@@ -69,8 +87,14 @@ BENCHMARK_SETTINGS: dict = dict(
     batch_size=64,
 )
 STAGE2_LR_GRID = (1e-3, 3e-4)
+HEADLINE_SEEDS = (0, 1, 2)
 DEFAULT_RESULTS = "benchmarks/results/quality.json"
+TEST_SCORINGS = "test_scorings.jsonl"  # beside the results file
 TEACHERS = "per-task LoRA teachers (own task each)"
+FT = "multi-task FT, instruction in context (Tk-Instruct analogue)"
+STANDIN = "stand-in backbone, instruction in context (instruction-tuned on the train tasks, T0 analogue)"
+COPY = "copy the input"
+NO_INSTRUCTION = {STANDIN: "stand-in backbone, no instruction", FT: "multi-task FT, no instruction"}
 PAPER_GENERATOR = "TAGI, paper's generator (frozen encoder, mean pooling)"
 VARIANTS = {  # name: keyword arguments of SyntheticRecipe.tagi (defaults: the full method)
     "hypernet L_pred only (HINT/Hypter analogue)": dict(lambda_kl=0.0, lambda_ins=0.0),
@@ -134,6 +158,62 @@ def train_with_lr_grid(
     return runs[chosen], {"chosen": chosen, "final_train_loss_pred": {f"{lr:g}": v for lr, v in losses.items()}}
 
 
+def copy_scores(rows) -> dict:
+    """Scores of copying each row's input as its prediction (`summarise` keys, with per-operation EM)."""
+    rows = list(rows)
+    metrics = compute_metrics([r["input"] for r in rows], [list(r["outputs"]) for r in rows],
+                              tasks=[r["task"] for r in rows], categories=[r["category"] for r in rows])  # fmt: skip
+    return summarise(metrics | {"ran_to_limit": 0})
+
+
+def log_test_scoring(log: Path, entry: dict) -> None:
+    """Appends one scoring of the test split to the append-only JSONL `log` (one line, flushed to disk)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _commit() -> str:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return commit + (" (+ local changes)" if dirty.stdout.strip() else "")
+
+
+class LoggedTestScorer:
+    """Scores the test split and logs every scoring (date, commit, configuration) to `log`."""
+
+    def __init__(self, recipe, log: Path, results_path: Path, quick: bool):
+        self.recipe, self.log, self.results_path, self.quick = recipe, log, results_path, quick
+        self.commit = _commit()
+
+    def __call__(self, name: str, path: Path | None, *, setting: str, instruction_mode: str = "own") -> dict:
+        s = self.recipe.s
+        if path is None:  # copying the input
+            rows = load_sni(
+                self.recipe.data_dir, splits=("test",), max_test_instances_per_task=s.eval_instances_per_task
+            )
+            result = copy_scores(rows["test"])
+        else:
+            result = summarise(self.recipe.evaluate(path, setting=setting, instruction_mode=instruction_mode))
+        log_test_scoring(self.log, {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": self.commit, "suite": SUITE_VERSION, "method": name,
+            "model": None if path is None else str(path),
+            "setting": setting, "instruction_mode": instruction_mode, "quick": self.quick,
+            "results": str(self.results_path), "settings": dataclasses.asdict(s),
+            "rougeL": round(result["rougeL"], 2), "exact_match": round(result["exact_match"], 2),
+        })  # fmt: skip
+        return result
+
+
+def _head(m: dict) -> dict:
+    """What the seed table keeps of one seed's scores."""
+    keep = {k: m[k] for k in ("rougeL", "exact_match", "exact_match_strict") if k in m}
+    return keep | ({"by_kind": m["by_kind"]} if "by_kind" in m else {})
+
+
 def run(
     settings: DemoSettings,
     results_path: Path,
@@ -143,36 +223,72 @@ def run(
     headline: bool = False,
     grid_only: tuple[str, ...] | None = None,
     methods: tuple[str, ...] | None = None,
+    seeds: tuple[int, ...] | None = None,
 ) -> dict:
     recipe = SyntheticRecipe(settings)
+    seeds = tuple(dict.fromkeys((settings.seed, *(seeds or ()))))  # the settings' seed first: its models are primary
+    score_test = LoggedTestScorer(recipe, results_path.parent / TEST_SCORINGS, results_path, quick)
     started = time.time()
     results: dict = {"methods": {}, "fit": {}, "dev": {}, "sensitivity": {}}
     variants = {n: VARIANTS[n] for n in ("TAGI", PAPER_GENERATOR)} if headline else VARIANTS
     variants = {n: kw for n, kw in variants.items() if kw.get("generator", {}) != recipe.generator()}  # no duplicate
     if methods is not None:  # a partial comparison (e.g. a setting whose ablations the budget did not reach)
         variants = {n: kw for n, kw in variants.items() if n == "TAGI" or model_slug(n) in methods}
+    fit_copy = copy_scores(recipe.fit_rows())
+    fit_copy.pop("by_kind")
     for setting in prompt_settings:
         suffix = "" if setting == "def" else f"-{setting}"
         if settings.stage2_steps != BENCHMARK_SETTINGS["stage2_steps"]:  # e.g. run_all's shorter full comparison
             suffix += f"-{settings.stage2_steps}steps"  # its own folders: never the headline's models
-        models = {"multi-task FT, instruction in context (Tk-Instruct analogue)": recipe.baseline(setting)}
-        if not headline:
-            models = {"backbone, instruction in context (no meta-training)": recipe.backbone(), **models}
+        # name: (model folder or None for copying, instruction mode, {seed: folder} of the extra seeds)
+        models = {COPY: (None, "own", {}), STANDIN: (recipe.backbone(), "own", {}),
+                  NO_INSTRUCTION[STANDIN]: (recipe.backbone(), "empty", {}),
+                  FT: (recipe.baseline(setting), "own", {seed: recipe.baseline(setting, seed) for seed in seeds[1:]}),
+                  NO_INSTRUCTION[FT]: (recipe.baseline(setting), "empty", {})}  # fmt: skip
         for name, kwargs in variants.items():
             slug = "tagi" if name == "TAGI" else model_slug(name)
             grid = lr_grid if grid_only is None or slug in grid_only else (settings.learning_rate,)
-            models[name], chosen = train_with_lr_grid(recipe, slug, suffix, setting, kwargs, grid)
+            path, chosen = train_with_lr_grid(recipe, slug, suffix, setting, kwargs, grid)
             results.setdefault("stage2_learning_rate", {}).setdefault(name, {})[setting] = chosen
-        for name, path in models.items():
-            results["methods"].setdefault(name, {})[setting] = summarise(recipe.evaluate(path, setting=setting))
-            results["fit"].setdefault(name, {})[setting] = recipe.evaluate_fit(path, setting=setting)
-            dev = summarise(recipe.evaluate(path, setting=setting, split="dev"))  # where settings are to be chosen
+            tag = "" if chosen["chosen"] == settings.learning_rate else f"-lr{chosen['chosen']:g}"
+            extra = {
+                seed: recipe.tagi(
+                    f"{slug}{tag}{suffix}-seed{seed}",
+                    setting=setting,
+                    learning_rate=chosen["chosen"],
+                    seed=seed,
+                    **kwargs,
+                )
+                for seed in seeds[1:]
+            }
+            models[name] = (path, "own", extra)  # fmt: skip
+        for name, (path, mode, extra) in models.items():
+            test = score_test(name, path, setting=setting, instruction_mode=mode)
+            if path is None:
+                fit = fit_copy
+                rows = load_sni(
+                    recipe.data_dir, splits=("dev",), max_test_instances_per_task=settings.eval_instances_per_task
+                )
+                dev = copy_scores(rows["dev"])
+            else:
+                fit = recipe.evaluate_fit(path, setting=setting, instruction_mode=mode)
+                dev = summarise(recipe.evaluate(path, setting=setting, split="dev", instruction_mode=mode))
             dev.pop("by_kind")  # the test split's two kinds; dev tasks are train-like chains and words
+            if extra:  # per-seed scores; the primary seed's full summaries stay the entries themselves
+                by_seed = {"test": {seeds[0]: test}, "fit": {seeds[0]: fit}, "dev": {seeds[0]: dev}}
+                for seed, seed_path in extra.items():
+                    by_seed["test"][seed] = score_test(f"{name} (seed {seed})", seed_path, setting=setting)
+                    by_seed["fit"][seed] = recipe.evaluate_fit(seed_path, setting=setting)
+                    by_seed["dev"][seed] = summarise(recipe.evaluate(seed_path, setting=setting, split="dev"))
+                for part, entry in (("test", test), ("fit", fit), ("dev", dev)):
+                    entry["seeds"] = {str(seed): _head(m) for seed, m in by_seed[part].items()}
+            results["methods"].setdefault(name, {})[setting] = test
+            results["fit"].setdefault(name, {})[setting] = fit
             results["dev"].setdefault(name, {})[setting] = dev
-        tagi = models["TAGI"]
+        tagi = models["TAGI"][0]
         own = results["methods"]["TAGI"][setting]
         for mode in ("generic", "shuffled"):
-            m = summarise(recipe.evaluate(tagi, setting=setting, instruction_mode=mode))
+            m = score_test(f"TAGI ({mode} instruction)", tagi, setting=setting, instruction_mode=mode)
             m["drop_rougeL"] = own["rougeL"] - m["rougeL"]
             m["drop_exact_match_strict"] = own["exact_match_strict"] - m["exact_match_strict"]
             results["sensitivity"].setdefault(mode, {})[setting] = m
@@ -184,10 +300,14 @@ def run(
     results["fit"][TEACHERS] = dict.fromkeys(prompt_settings, teachers)  # the teachers do not depend on the setting
     results["meta"] = _meta(settings, time.time() - started, quick)
     results["meta"]["headline"] = headline
+    results["meta"]["suite"] = SUITE_VERSION
+    results["meta"]["seeds"] = list(seeds)
+    results["meta"]["test_scorings"] = str(score_test.log)
     results["meta"]["fit_rows"] = {
         "tasks": settings.fit_tasks,
         "instances_per_task": settings.eval_instances_per_task,
-        "note": f"train-task instances beyond the {settings.instances_per_task} trained on",
+        "note": f"train-task instances beyond the {settings.instances_per_task} trained on, disjoint from the "
+        "selection rows the probes choose settings on",
     }
     results["meta"]["stage_seconds"] = recipe.timings  # stages trained by this invocation (others were cached)
     results["meta"]["prompt_settings"] = list(prompt_settings)
@@ -201,7 +321,7 @@ def run(
 
 
 def _meta(settings: DemoSettings, seconds: float, quick: bool = False) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = _commit()
     import transformers
 
     return {
@@ -250,11 +370,17 @@ def main() -> None:
     parser.add_argument(
         "--headline",
         action="store_true",
-        help="Only in-context FT, the teachers, TAGI and TAGI with the paper's generator (Def setting, one rate).",
+        help="Only the baselines, in-context FT, the teachers, TAGI and TAGI with the paper's generator (Def setting, "
+        f"one rate, seeds {' '.join(map(str, HEADLINE_SEEDS))} unless --seeds is given).",
     )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None,
+        help="Stage-2 (and multi-task FT) training seeds; the settings' seed is always the first (default: it alone).",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.headline:
         args.settings, args.stage2_lr_grid = ["def"], [DemoSettings.learning_rate]
+        args.seeds = args.seeds or list(HEADLINE_SEEDS)
         if args.results == DEFAULT_RESULTS:
             args.results = str(Path(DEFAULT_RESULTS).with_name("headline.json"))
     settings = DemoSettings(out=args.out, **BENCHMARK_SETTINGS)
@@ -280,7 +406,7 @@ def main() -> None:
     grid_only = tuple(args.grid_only) if args.grid_only else None
     methods = tuple(args.methods) if args.methods else None
     results = run(settings, Path(args.results), args.quick, tuple(args.settings), tuple(args.stage2_lr_grid),
-                  args.headline, grid_only, methods)  # fmt: skip
+                  args.headline, grid_only, methods, tuple(args.seeds or ()))  # fmt: skip
     if args.merge_into:
         merge_results(Path(args.merge_into), results, args.results)
 

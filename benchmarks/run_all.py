@@ -1,6 +1,6 @@
 """`make benchmark`: reruns every benchmark, then regenerates the results report, the README table and the chart.
 
-    python benchmarks/run_all.py [--quick] [--only quality cost memory] [--report-only]
+    python benchmarks/run_all.py [--quick] [--only quality cost memory] [--report-only] [--seeds 0 1 2]
 
 1. `quality.py`: the paper's comparisons in miniature on the synthetic suite -> `results/quality.json`
    (trained models under `runs/benchmark/`; the full TAGI model at `runs/benchmark/tagi/`);
@@ -28,7 +28,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from cost_report import METHOD_LABELS, goals_table, plot_cost, render_markdown  # noqa: E402
-from fit_report import fit_table, fit_tables, fit_targets  # noqa: E402
+from fit_report import fit_table, fit_tables, fit_targets, fmt, stat  # noqa: E402
+
+from tagi_hf.recipes.synthetic import SUITE_VERSION  # noqa: E402
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 STEPS = ("quality", "cost", "memory")
@@ -36,12 +38,19 @@ STEPS = ("quality", "cost", "memory")
 # the full comparison trains 24 stage-2 models (6 methods x 2 prompt settings x 2 learning rates).
 QUALITY_SET = ["stage2_steps=1000"]
 QUALITY_COLUMNS = ("rougeL", "exact_match", "exact_match_strict")
+FT = "multi-task FT, instruction in context (Tk-Instruct analogue)"
+STANDIN = "stand-in backbone, instruction in context (instruction-tuned on the train tasks, T0 analogue)"
+COPY = "copy the input"
+RENAMED = {"backbone, instruction in context (no meta-training)": STANDIN}
+"""Labels of older results files, rendered as what the model is: the stand-in was trained on every train instance
+with its definition in context (instruction-tuned on the train tasks), not a backbone without meta-training."""
 
 
-def run_step(step: str, results: Path, quick: bool) -> float:
-    """Runs one benchmark script in a subprocess; returns its wall time in seconds."""
+def run_step(step: str, results: Path, quick: bool, seeds: list[int] | None = None) -> float:
+    """Runs one benchmark script in a subprocess; returns its wall time in seconds. `seeds`: the quality step's
+    stage-2 (and FT) training seeds (`quality.py --seeds`; default: the settings' seed alone)."""
     quick_flag = ["--quick"] if quick else []
-    budget = [] if quick else ["--set", *QUALITY_SET]
+    budget = ([] if quick else ["--set", *QUALITY_SET]) + (["--seeds", *map(str, seeds)] if seeds else [])
     commands = {
         "quality": [str(HERE / "quality.py"), *quick_flag, "--results", str(results / "quality.json"), "--out",
                     str(ROOT / "runs" / ("benchmark-quick" if quick else "benchmark")), *budget],
@@ -57,8 +66,26 @@ def run_step(step: str, results: Path, quick: bool) -> float:
 
 # ------------------------------------------------------------------------------------------------------- quality
 def _cells(m: dict | None) -> str:
-    """Scores of one method in one setting; `-` where the method was not run in that setting."""
-    return " | ".join("-" if m is None else f"{m[k]:.1f}" for k in QUALITY_COLUMNS)
+    """Scores of one method in one setting (mean ± sd over seeds where there are several); `-` where the method
+    was not run in that setting."""
+    return " | ".join("-" if m is None else fmt(m, k) for k in QUALITY_COLUMNS)
+
+
+def relabel(q: dict) -> dict:
+    """`q` with the method names of older results files replaced by what the models are ([`RENAMED`])."""
+    out = dict(q)
+    for section in ("methods", "fit", "dev", "stage2_learning_rate"):
+        if section in q:
+            out[section] = {RENAMED.get(name, name): v for name, v in q[section].items()}
+    return out
+
+
+def _by_kind(m: dict, kind: str) -> dict | None:
+    """One held-out kind's scores of an entry, with its per-seed values when it has several seeds."""
+    if kind not in m.get("by_kind", {}):
+        return None
+    seeds = {seed: v["by_kind"][kind] for seed, v in m.get("seeds", {}).items() if kind in v.get("by_kind", {})}
+    return m["by_kind"][kind] | ({"seeds": seeds} if seeds else {})
 
 
 def _all_settings(q: dict) -> list[str]:
@@ -74,12 +101,12 @@ def quality_tables(q: dict) -> list[str]:
     ]
     for name, by_setting in q["methods"].items():
         lines.append(f"| {name} | " + " | ".join(_cells(by_setting.get(s)) for s in settings) + " |")
-    kinds = sorted({k for by_setting in q["methods"].values() for k in by_setting[settings[0]]["by_kind"]})
+    first = {name: by_setting[settings[0]] for name, by_setting in q["methods"].items() if settings[0] in by_setting}
+    kinds = sorted({k for m in first.values() for k in m["by_kind"]})
     lines += ["", f"By held-out kind ({settings[0]} setting; ROUGE-L | EM | strict EM):", ""]
     lines += ["| method | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-    for name, by_setting in q["methods"].items():
-        by_kind = by_setting[settings[0]]["by_kind"]
-        lines.append(f"| {name} | " + " | ".join(_cells(by_kind[k]).replace(" | ", " / ") for k in kinds) + " |")
+    for name, m in first.items():
+        lines.append(f"| {name} | " + " | ".join(_cells(_by_kind(m, k)).replace(" | ", " / ") for k in kinds) + " |")
     lines += ["", "Instruction sensitivity of TAGI (drop from its own instruction):", ""]
     lines += ["| instruction | setting | ROUGE-L | drop | strict EM | drop |", "|---|---|---:|---:|---:|---:|"]
     for mode, by_setting in q["sensitivity"].items():
@@ -128,17 +155,28 @@ def lr_table(q: dict) -> list[str]:
 PAPER_GENERATOR = "TAGI, paper's generator (frozen encoder, mean pooling)"
 
 
+def ordered(q_setting: dict, a: str, b: str, metric: str, margin: float = 0.0) -> tuple[bool, str]:
+    """Whether method `a` scores above method `b` + `margin` by more than the spread (the sum of their sds over
+    seeds), as (met, measured). One seed gives no spread: no ordering is claimed."""
+    ma, sa, na = stat(q_setting[a], metric)
+    mb, sb, nb = stat(q_setting[b], metric)
+    text = f"{fmt(q_setting[a], metric)} vs {fmt(q_setting[b], metric)}"
+    if sa is None or sb is None:
+        return False, f"{text} (1 seed: no ordering claimed)"
+    gap, spread = ma - mb - margin, sa + sb
+    return gap > spread, f"{text}; gap {gap:+.1f}, spread {spread:.1f}"
+
+
 def generator_targets(q: dict) -> list[tuple[str, bool, str]]:
     """Issue 12's targets that the headline check measures too: TAGI fits its train tasks, depends on the
     instruction (train and test tasks), matches in-context FT on held-out tasks, learns held-out words, and the
-    generator beats the paper's."""
+    generator beats the paper's. Scores are means over seeds; comparisons between methods are [`ordered`]."""
     out = []
-    ft_name = "multi-task FT, instruction in context (Tk-Instruct analogue)"
     for setting in _all_settings(q):
         fit = q.get("fit", {}).get("TAGI", {}).get(setting)
         if fit is not None:
-            em = fit["exact_match"]
-            out.append((f"{setting}: TAGI EM on unseen train instances >= 80", em >= 80, f"{em:.1f}"))
+            em = stat(fit, "exact_match")[0]
+            out.append((f"{setting}: TAGI EM on unseen train instances >= 80", em >= 80, fmt(fit, "exact_match")))
         shuffled_fit = q.get("sensitivity_fit", {}).get("shuffled", {}).get(setting)
         if shuffled_fit is not None:
             drop = shuffled_fit["drop_exact_match"]
@@ -151,22 +189,23 @@ def generator_targets(q: dict) -> list[tuple[str, bool, str]]:
                         f"drop {drop:.1f}"))  # fmt: skip
         m = {name: by_setting[setting] for name, by_setting in q["methods"].items() if setting in by_setting}
         for metric in ("rougeL", "exact_match"):
-            tagi, ft = m["TAGI"][metric], m[ft_name][metric]
-            out.append((f"{setting}, {metric}: TAGI >= multi-task FT - 1", tagi >= ft - 1, f"{tagi:.1f} vs {ft:.1f}"))
-        word = m["TAGI"]["by_kind"].get("held-out word")
+            met, measured = ordered(m, "TAGI", FT, metric, margin=-1.0)
+            out.append((f"{setting}, {metric}: TAGI >= multi-task FT - 1", met, measured))
+        word = _by_kind(m["TAGI"], "held-out word")
         if word is not None:
-            em = word["exact_match"]
-            out.append((f"{setting}: TAGI EM on held-out-word tasks >= 50", em >= 50, f"{em:.1f}"))
+            copy = _by_kind(m[COPY], "held-out word") if COPY in m else None
+            beside = "" if copy is None else f" (copying the input: {fmt(copy, 'exact_match')})"
+            out.append((f"{setting}: TAGI EM on held-out-word tasks >= 50", stat(word, "exact_match")[0] >= 50,
+                        fmt(word, "exact_match") + beside))  # fmt: skip
         if PAPER_GENERATOR in m:
             for metric in ("rougeL", "exact_match"):
-                new, old = m["TAGI"][metric], m[PAPER_GENERATOR][metric]
-                out.append((f"{setting}, {metric}: the generator beats the paper's", new > old,
-                            f"{new:.1f} vs {old:.1f}"))  # fmt: skip
+                met, measured = ordered(m, "TAGI", PAPER_GENERATOR, metric)
+                out.append((f"{setting}, {metric}: the generator beats the paper's", met, measured))
     return out
 
 
 def quality_targets(q: dict) -> list[tuple[str, bool, str]]:
-    """The issues' targets, as (target, met, measured) for every setting."""
+    """The issues' targets, as (target, met, measured) for every setting (each target once)."""
     hint_name = "hypernet L_pred only (HINT/Hypter analogue)"
     out = fit_targets(q) + generator_targets(q)
     if q["meta"].get("headline"):
@@ -174,18 +213,23 @@ def quality_targets(q: dict) -> list[tuple[str, bool, str]]:
     for setting in _all_settings(q):
         m = {name: by_setting[setting] for name, by_setting in q["methods"].items() if setting in by_setting}
         for metric in ("rougeL", "exact_match"):
-            tagi, hint = m["TAGI"][metric], m[hint_name][metric]
-            out.append((f"{setting}, {metric}: TAGI >= L_pred-only hypernet + 3", tagi >= hint + 3,
-                        f"{tagi:.1f} vs {hint:.1f}"))  # fmt: skip
-            ablations = {k: v[metric] for k, v in m.items() if k.startswith("TAGI w/o")}
+            met, measured = ordered(m, "TAGI", hint_name, metric, margin=3.0)
+            out.append((f"{setting}, {metric}: TAGI >= L_pred-only hypernet + 3", met, measured))
+            ablations = {k: stat(v, metric)[0] for k, v in m.items() if k.startswith("TAGI w/o")}
             if not ablations:
                 out.append((f"{setting}, {metric}: ablations", False, "not run in this setting (budget)"))
                 continue
+            below = [ordered(m, "TAGI", k, metric) for k in ablations]
+            one_seed = any(stat(m[k], metric)[1] is None for k in ablations)
+            listed = ", ".join(f"{k.removeprefix('TAGI ')} {fmt(m[k], metric)}" for k in ablations)
+            listed += " (1 seed: no ordering claimed)" if one_seed else ""
+            out.append((f"{setting}, {metric}: every ablation below TAGI", all(met for met, _ in below), listed))
             worst = min(ablations, key=ablations.get)
-            out.append((f"{setting}, {metric}: every ablation below TAGI", all(v < tagi for v in ablations.values()),
-                        ", ".join(f"{k.removeprefix('TAGI ')} {v:.1f}" for k, v in ablations.items())))  # fmt: skip
-            out.append((f"{setting}, {metric}: removing fusion hurts most", worst == "TAGI w/o fusion",
-                        f"lowest: {worst}"))  # fmt: skip
+            above = [ordered(m, k, "TAGI w/o fusion", metric)[0] for k in ablations if k != "TAGI w/o fusion"]
+            fusion_most = worst == "TAGI w/o fusion" and all(above)
+            seeds_known = stat(m[worst], metric)[1] is not None
+            out.append((f"{setting}, {metric}: removing fusion hurts most", fusion_most,
+                        f"lowest: {worst}" + ("" if seeds_known else " (1 seed: no ordering claimed)")))  # fmt: skip
         generic = q["sensitivity"].get("generic", {}).get(setting)
         if generic is not None:
             drop = generic["drop_rougeL"]
@@ -225,10 +269,24 @@ def quality_header(q: dict) -> str:
         f"{m['seconds'] / 60:.0f} min, methods: {_names(m['methods'])})"
         for m in meta.get("merged", [])
     )
+    steps = meta.get("settings", {}).get("stage2_steps")
+    seeds = meta.get("seeds") or [meta.get("settings", {}).get("seed", 0)]
+    runs = (f" Stage 2: {steps:,} steps per model" if steps else "") + (
+        f"; seeds {', '.join(map(str, seeds))} (mean ± sd over them where a method was trained per seed)."
+        if len(seeds) > 1
+        else "; one seed (no ordering between methods is claimed)."
+    )
+    previous = ""
+    if meta.get("suite") != SUITE_VERSION:
+        previous = (
+            f" **Measured on the previous suite**, before its {SUITE_VERSION} revision (docs/synthetic-suite.md, "
+            "Refinements: held-out instances that their task changes, no held-out task computing a train task's "
+            "function), without the copy and no-instruction rows; not yet retrained."
+        )
     return (
         f"Quality on the synthetic suite's held-out test tasks ({meta['device']}, {meta['machine']}; torch "
         f"{meta['torch']}, transformers {meta['transformers']}; commit {meta['commit'][:10]}; "
-        f"{meta['seconds'] / 60:.0f} min, {trained}{merged}). Scores x100."
+        f"{meta['seconds'] / 60:.0f} min, {trained}{merged}). Scores x100.{runs}{previous}"
     )
 
 
@@ -302,6 +360,7 @@ def render_report(results: Path, runtimes: dict[str, dict] | None = None) -> tup
     """(full report, README section) from the JSON files under `results`; absent files are reported as such."""
     q, cost, memory = (_load(results / f) for f in ("quality.json", "cost.json", "adapter_memory.json"))
     headline = _load(results / "headline.json")
+    q, headline = (None if r is None else relabel(r) for r in (q, headline))
     runtimes = runtimes if runtimes is not None else _load(results / "runtimes.json")
     full, short = ["# Benchmark results", "", "Regenerated by `make benchmark` (`python benchmarks/run_all.py`)."], []
     if runtimes:
@@ -361,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets into results/quick/; README untouched")
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="quality: stage-2 and FT training seeds")
     parser.add_argument("--report-only", action="store_true", help="re-render the report from existing JSON")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
@@ -370,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     runtimes = _load(runtimes_file) or {}
     if not args.report_only:
         for step in args.only:
-            seconds = run_step(step, results, args.quick)
+            seconds = run_step(step, results, args.quick, args.seeds)
             runtimes[step] = {
                 "seconds": round(seconds, 1),
                 "cpu_cores": os.cpu_count(),
@@ -380,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     full, short = render_report(results, runtimes)
     (results / "REPORT.md").write_text(full + "\n")
     q, cost = _load(results / "quality.json"), _load(results / "cost.json")
+    q = None if q is None else relabel(q)
     if q or cost:
         plot(q, cost, results / "benchmark.png")
     if not args.quick and args.results is None:

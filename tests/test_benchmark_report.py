@@ -18,19 +18,28 @@ FT = "multi-task FT, instruction in context (Tk-Instruct analogue)"
 HINT = "hypernet L_pred only (HINT/Hypter analogue)"
 
 
-def _scores(rouge: float, strict: float) -> dict:
+def _scores(rouge: float, strict: float, sd: float | None = None) -> dict:
+    """One method's scores; with `sd`, over 3 seeds at value - sd, value, value + sd (mean value, sd `sd`)."""
     m = {"rougeL": rouge, "exact_match": strict, "exact_match_strict": strict, "n": 10}
-    return m | {"by_kind": {"held-out chain": dict(m), "held-out word": dict(m)}}
+    m |= {"by_kind": {"held-out chain": dict(m), "held-out word": dict(m)}}
+    if sd is not None:
+        m["seeds"] = {}
+        for i, d in enumerate((-sd, 0.0, sd)):
+            seed = {"rougeL": rouge + d, "exact_match": strict + d, "exact_match_strict": strict + d}
+            m["seeds"][str(i)] = seed | {"by_kind": {k: dict(seed) for k in m["by_kind"]}}
+    return m
 
 
-def _quality(tagi: float, ft: float, hint: float, ablations: dict[str, float], drop: float) -> dict:
+def _quality(
+    tagi: float, ft: float, hint: float, ablations: dict[str, float], drop: float, sd: float | None = 0.5
+) -> dict:
     methods = {FT: ft, HINT: hint, "TAGI": tagi, **ablations}
     sensitivity = {
         mode: {"def": _scores(tagi - drop, tagi - drop) | {"drop_rougeL": drop, "drop_exact_match_strict": drop}}
         for mode in ("generic", "shuffled")
     }
     return {
-        "methods": {name: {"def": _scores(v, v)} for name, v in methods.items()},
+        "methods": {name: {"def": _scores(v, v, sd)} for name, v in methods.items()},
         "sensitivity": sensitivity,
         "teachers_on_own_tasks": {
             "rougeL": 99.0,
@@ -53,15 +62,37 @@ def _quality(tagi: float, ft: float, hint: float, ablations: dict[str, float], d
 
 def test_targets_met_when_the_ordering_holds():
     ablations = {"TAGI w/o fusion": 50.0, "TAGI w/o stage 1": 70.0, "TAGI w/o L_kl": 75.0, "TAGI w/o L_ins": 78.0}
-    targets = run_all.quality_targets(_quality(tagi=80.0, ft=80.5, hint=60.0, ablations=ablations, drop=40.0))
+    targets = run_all.quality_targets(_quality(tagi=80.0, ft=79.0, hint=60.0, ablations=ablations, drop=40.0))
     # shuffled (test), 2 x FT - 1, held-out words; 2 x (hint + 3, ablations, fusion-most), generic
     assert len(targets) == 4 + 7
     assert all(met for _, met, _ in targets), [t for t in targets if not t[1]]
+    measured = {t: v for t, _, v in targets}
+    assert measured["def, rougeL: TAGI >= multi-task FT - 1"] == "80.0 ± 0.5 vs 79.0 ± 0.5; gap +2.0, spread 1.0"
+
+
+def test_an_ordering_is_claimed_only_where_the_gap_exceeds_the_spread():
+    ablations = {"TAGI w/o fusion": 78.5, "TAGI w/o stage 1": 79.5}
+    q = _quality(tagi=80.0, ft=78.5, hint=76.5, ablations=ablations, drop=40.0, sd=1.0)
+    targets = {t: (m, v) for t, m, v in run_all.quality_targets(q)}
+    assert targets["def, rougeL: TAGI >= multi-task FT - 1"] == (
+        True,
+        "80.0 ± 1.0 vs 78.5 ± 1.0; gap +2.5, spread 2.0",
+    )
+    assert targets["def, rougeL: TAGI >= L_pred-only hypernet + 3"] == (
+        False, "80.0 ± 1.0 vs 76.5 ± 1.0; gap +0.5, spread 2.0")  # fmt: skip
+    assert targets["def, rougeL: every ablation below TAGI"][0] is False  # 79.5 ± 1.0 is within the spread of 80
+    assert targets["def, rougeL: removing fusion hurts most"] == (False, "lowest: TAGI w/o fusion")  # 1.0 < 2.0
+    one_seed = {t: (m, v) for t, m, v in run_all.quality_targets(_quality(80.0, 70.0, 60.0, ablations, 40.0, None))}
+    assert one_seed["def, rougeL: TAGI >= multi-task FT - 1"] == (False, "80.0 vs 70.0 (1 seed: no ordering claimed)")
+    assert one_seed["def, rougeL: removing fusion hurts most"] == (
+        False, "lowest: TAGI w/o fusion (1 seed: no ordering claimed)")  # fmt: skip
+    assert one_seed["def: generic instruction costs TAGI >= 30 ROUGE-L"] == (True, "drop 40.0")  # not an ordering
 
 
 def test_generator_targets_from_fit_shuffled_fit_and_the_papers_generator():
     q = _quality(tagi=80.0, ft=80.5, hint=60.0, ablations={"TAGI w/o fusion": 50.0}, drop=40.0)
-    q["methods"][run_all.PAPER_GENERATOR] = {"def": _scores(75.0, 75.0)}
+    q["methods"][run_all.PAPER_GENERATOR] = {"def": _scores(75.0, 75.0, 0.5)}
+    q["methods"][run_all.COPY] = {"def": _scores(70.0, 51.8)}
     q["fit"] = {"TAGI": {"def": _fit(85.0)}}
     q["sensitivity_fit"] = {"shuffled": {"def": _fit(40.0) | {"drop_exact_match": 45.0}}}
     targets = {t: (m, v) for t, m, v in run_all.generator_targets(q)}
@@ -69,11 +100,11 @@ def test_generator_targets_from_fit_shuffled_fit_and_the_papers_generator():
         "def: TAGI EM on unseen train instances >= 80": (True, "85.0"),
         "def: shuffled instruction drops TAGI's train-instance EM by >= 50": (False, "drop 45.0 (to 40.0)"),
         "def: shuffled instruction costs TAGI >= 30 ROUGE-L on test tasks": (True, "drop 40.0"),
-        "def, rougeL: TAGI >= multi-task FT - 1": (True, "80.0 vs 80.5"),
-        "def, exact_match: TAGI >= multi-task FT - 1": (True, "80.0 vs 80.5"),
-        "def: TAGI EM on held-out-word tasks >= 50": (True, "80.0"),
-        "def, rougeL: the generator beats the paper's": (True, "80.0 vs 75.0"),
-        "def, exact_match: the generator beats the paper's": (True, "80.0 vs 75.0"),
+        "def, rougeL: TAGI >= multi-task FT - 1": (False, "80.0 ± 0.5 vs 80.5 ± 0.5; gap +0.5, spread 1.0"),
+        "def, exact_match: TAGI >= multi-task FT - 1": (False, "80.0 ± 0.5 vs 80.5 ± 0.5; gap +0.5, spread 1.0"),
+        "def: TAGI EM on held-out-word tasks >= 50": (True, "80.0 ± 0.5 (copying the input: 51.8)"),
+        "def, rougeL: the generator beats the paper's": (True, "80.0 ± 0.5 vs 75.0 ± 0.5; gap +5.0, spread 1.0"),
+        "def, exact_match: the generator beats the paper's": (True, "80.0 ± 0.5 vs 75.0 ± 0.5; gap +5.0, spread 1.0"),
     }
 
 
@@ -82,11 +113,15 @@ def test_targets_missed_are_reported_as_missed():
     targets = dict(
         (name, (met, measured))
         for name, met, measured in run_all.quality_targets(
-            _quality(tagi=80.0, ft=81.5, hint=80.0, ablations=ablations, drop=29.0)
+            _quality(tagi=80.0, ft=81.5, hint=80.0, ablations=ablations, drop=29.0, sd=0.1)
         )
     )
-    assert targets["def, rougeL: TAGI >= multi-task FT - 1"] == (False, "80.0 vs 81.5")
-    assert targets["def, rougeL: TAGI >= L_pred-only hypernet + 3"] == (False, "80.0 vs 80.0")
+    assert targets["def, rougeL: TAGI >= multi-task FT - 1"] == (
+        False,
+        "80.0 ± 0.1 vs 81.5 ± 0.1; gap -0.5, spread 0.2",
+    )
+    assert targets["def, rougeL: TAGI >= L_pred-only hypernet + 3"] == (
+        False, "80.0 ± 0.1 vs 80.0 ± 0.1; gap -3.0, spread 0.2")  # fmt: skip
     assert targets["def, rougeL: every ablation below TAGI"][0] is False  # w/o stage 1 scored 81
     assert targets["def, rougeL: removing fusion hurts most"] == (False, "lowest: TAGI w/o L_kl")
     assert targets["def: generic instruction costs TAGI >= 30 ROUGE-L"] == (False, "drop 29.0")
@@ -95,9 +130,11 @@ def test_targets_missed_are_reported_as_missed():
 
 def test_report_and_readme_section_render_from_the_json(tmp_path):
     ablations = {"TAGI w/o fusion": 50.0, "TAGI w/o stage 1": 70.0, "TAGI w/o L_kl": 75.0, "TAGI w/o L_ins": 78.0}
-    (tmp_path / "quality.json").write_text(json.dumps(_quality(80.0, 80.5, 60.0, ablations, 40.0)))
+    (tmp_path / "quality.json").write_text(json.dumps(_quality(80.0, 79.0, 60.0, ablations, 40.0)))
     full, short = run_all.render_report(tmp_path, {"quality": {"seconds": 125.0, "cpu_cores": 2}})
-    assert "| TAGI | 80.0 | 80.0 | 80.0 |" in full and "| TAGI | 80.0 | 80.0 | 80.0 |" in short
+    row = "| TAGI | 80.0 ± 0.5 | 80.0 ± 0.5 | 80.0 ± 0.5 |"
+    assert row in full and row in short
+    assert "| TAGI | 80.0 ± 0.5 / 80.0 ± 0.5 / 80.0 ± 0.5 | 80.0 ± 0.5 / 80.0 ± 0.5 / 80.0 ± 0.5 |" in full  # by kind
     assert "11 of 11 quality targets met" in short
     assert "quality 2 min; 2 min in all" in full and "No `cost.json` yet." in full
     run_all.plot(json.loads((tmp_path / "quality.json").read_text()), None, tmp_path / "chart.png")
@@ -190,7 +227,7 @@ def test_fit_targets_are_rendered_met_and_missed_from_the_json(tmp_path):
     met = dict((t, (m, v)) for t, m, v in run_all.quality_targets(_headline(92.0, 86.0, 80.0, 0)))
     fit_only = {t: v for t, v in met.items() if "TAGI" not in t or "length limit" in t}
     assert fit_only == {
-        f"def: {fit_report.TEACHERS} EM on unseen train instances >= 90": (True, "92.0"),
+        f"{fit_report.TEACHERS} EM on unseen train instances >= 90": (True, "92.0"),
         f"def: {FT} EM on unseen train instances >= 85": (True, "86.0"),
         "def: no prediction runs to the length limit": (True, f"most: {FT} 0"),
     }  # the headline check has no ablation: the fit targets and the generator's
@@ -205,3 +242,62 @@ def test_fit_targets_are_rendered_met_and_missed_from_the_json(tmp_path):
     assert "| no prediction runs to the length limit | **no** | most: TAGI 3 |" not in full
     assert "| def: no prediction runs to the length limit | **no** | most: TAGI 3 |" in full
     assert "Dev split" in full and "| TAGI | 45.0 | 40.0 | 40.0 |" in full
+
+
+def test_copy_baseline_scores_the_input_as_prediction():
+    import quality
+
+    rows = [
+        {"task": "synth_remove_owl", "category": "Synthetic -> remove", "input": "cat dog", "outputs": ["cat dog"]},
+        {"task": "synth_sort_then_first_2", "category": "Synthetic -> sort>first", "input": "dog cat sun",
+         "outputs": ["cat dog"]},
+    ]  # fmt: skip
+    m = quality.copy_scores(rows)
+    assert (m["exact_match"], m["n"], m["ran_to_limit"]) == (50.0, 2, 0)
+    assert m["by_kind"]["held-out word"]["exact_match"] == 100.0 and m["by_kind"]["held-out chain"]["exact_match"] == 0
+    assert m["by_operation"] == {"first": {"exact_match": 0.0, "n": 1}, "remove": {"exact_match": 100.0, "n": 1},
+                                 "sort": {"exact_match": 0.0, "n": 1}}  # fmt: skip
+
+
+def test_every_test_scoring_is_appended_to_the_log(tmp_path):
+    import quality
+
+    log = tmp_path / "results" / "test_scorings.jsonl"
+    quality.log_test_scoring(log, {"method": "TAGI", "setting": "def"})
+    quality.log_test_scoring(log, {"method": "copy the input", "setting": "def"})
+    assert [json.loads(line)["method"] for line in log.read_text().splitlines()] == ["TAGI", "copy the input"]
+
+
+def test_old_results_render_the_stand_in_as_what_it_is_and_say_they_are_from_the_previous_suite(tmp_path):
+    q = _quality(80.0, 79.0, 60.0, {}, 40.0)
+    old = "backbone, instruction in context (no meta-training)"
+    q["methods"][old] = {"def": _scores(85.8, 69.5)}
+    (tmp_path / "quality.json").write_text(json.dumps(q))
+    full, short = run_all.render_report(tmp_path, {})
+    assert old not in full and f"| {run_all.STANDIN} | 85.8 | 69.5 | 69.5 |" in short
+    assert "**Measured on the previous suite**" in short and "not yet retrained" in short
+    q["meta"] |= {"suite": run_all.SUITE_VERSION, "seeds": [0, 1, 2], "settings": {"stage2_steps": 2000}}
+    (tmp_path / "quality.json").write_text(json.dumps(q))
+    short = run_all.render_report(tmp_path, {})[1]
+    assert "previous suite" not in short
+    assert "Stage 2: 2,000 steps per model; seeds 0, 1, 2 (mean ± sd over them" in short
+
+
+def test_the_teachers_fit_target_is_counted_once_over_the_settings():
+    q = _headline(92.0, 86.0, 80.0, 0)
+    for section in ("methods", "fit"):
+        for by_setting in q[section].values():
+            by_setting["def+2pos"] = by_setting["def"]
+    teachers = [t for t, _, _ in fit_report.fit_targets(q) if fit_report.TEACHERS in t]
+    assert teachers == [f"{fit_report.TEACHERS} EM on unseen train instances >= 90"]
+    ft = [t for t, _, _ in fit_report.fit_targets(q) if t.endswith(">= 85")]
+    assert len(ft) == 2  # FT depends on the setting: one target each
+
+
+def test_run_all_passes_the_seeds_to_the_quality_step(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(run_all.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    run_all.run_step("quality", tmp_path, quick=False, seeds=[0, 1, 2])
+    run_all.run_step("quality", tmp_path, quick=True)
+    assert commands[0][-6:] == ["--set", "stage2_steps=1000", "--seeds", "0", "1", "2"]
+    assert "--seeds" not in commands[1] and "--quick" in commands[1]

@@ -119,7 +119,7 @@ def test_synth_is_deterministic(tmp_path, capsys):
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         assert main(["synth", "--out", str(out), "--seed", "3", "--instances-per-task", "2"]) == 0
-    assert f"to {outs[1]}: 291 train, 32 dev, 51 test tasks." in capsys.readouterr().out
+    assert f"to {outs[1]}: 291 train, 32 dev, 46 test tasks." in capsys.readouterr().out
     assert (outs[0] / "splits" / "default" / "dev_tasks.txt").read_text().count("\n") == 32
     files = [{p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.json*"))} for out in outs]
     assert files[0] == files[1] and len(files[0]) > 300

@@ -17,7 +17,7 @@ from tagi_hf.training.arguments import TagiTrainingArguments
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "sni-t5-lm-adapt"
 TRAIN_TASKS = ["synth_reverse", "synth_sort", "synth_first_2"]
-TEST_TASKS = ["synth_reverse_then_upper", "synth_append_owl"]
+TEST_TASKS = ["synth_sort_then_first_2", "synth_append_owl"]
 
 
 @pytest.fixture(scope="module")

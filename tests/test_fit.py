@@ -134,3 +134,23 @@ def test_a_stage_built_with_other_settings_is_refused_not_reused(tmp_path):
     (stage / STAGE_RECORD).unlink()  # built by an older version: reused, unchecked
     _stage(stage, build, record={"stage2_steps": 1000})
     assert built == [stage]
+
+
+def test_unseen_rows_with_an_offset_are_disjoint_from_the_first_ones(suite):
+    kw = dict(max_train_instances_per_task=4, seed=0, num_tasks=30)  # 2 unseen instances per task
+    first = unseen_train_rows(suite, per_task=1, **kw)
+    later = unseen_train_rows(suite, per_task=1, offset=1, sample_seed=1, **kw)  # as the selection rows are drawn
+    both = unseen_train_rows(suite, per_task=2, **kw)
+    assert len(first) == len(later) == 30 and not {r["id"] for r in first} & {r["id"] for r in later}
+    same_tasks = unseen_train_rows(suite, per_task=1, offset=1, **kw)
+    assert {r["id"] for r in first} | {r["id"] for r in same_tasks} == {r["id"] for r in both}
+    with pytest.raises(ValueError, match="and the 2 unseen ones skipped"):
+        unseen_train_rows(suite, per_task=1, offset=2, **kw)
+
+
+def test_the_recipe_refuses_a_suite_written_before_the_current_revision(tmp_path):
+    from tagi_hf.recipes.synthetic import SUITE_VERSION, DemoSettings, SyntheticRecipe
+
+    (tmp_path / "data" / "splits").mkdir(parents=True)  # a finished data stage of an older generator: no record
+    with pytest.raises(ValueError, match=f"written before the suite's {SUITE_VERSION} revision"):
+        SyntheticRecipe(DemoSettings(out=str(tmp_path)))

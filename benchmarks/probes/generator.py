@@ -3,7 +3,8 @@ to the dev tasks, and depend more on the instruction?
 
 Every probe trains stage 2 on the benchmark's built stages (`quality.py` BENCHMARK_SETTINGS under `--recipe-out`:
 stand-in backbone, in-context FT as logit teacher, LoRA teachers, stage 1) with one generator setting, then scores:
-- `fit`: unseen instances of a seeded sample of train tasks (own instruction, and another task's: `fit_shuffled`);
+- `fit`: the selection rows (`SyntheticRecipe.fit_rows("selection")`): unseen instances of a seeded sample of train
+  tasks, disjoint from the fit rows the benchmark reports (own instruction, and another task's: `fit_shuffled`);
 - `dev`: the dev tasks (whole tasks held out of meta-training; where settings are chosen), own and shuffled.
 The test split is never looked at here. New generator parts start from the stage-1 model: the separate instruction
 encoder as a copy of the backbone's encoder, the attention-pooling queries at zero (= the masked mean).
@@ -75,10 +76,10 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     s = DemoSettings(out=a.recipe_out, **BENCHMARK_SETTINGS)
-    s = dataclasses.replace(s, eval_instances_per_task=a.per_task, fit_tasks=a.fit_tasks)
     if a.lr is not None:
         s = dataclasses.replace(s, learning_rate=a.lr)
-    recipe = SyntheticRecipe(s)
+    recipe = SyntheticRecipe(s)  # built with the benchmark's rows, so the selection rows follow its fit rows
+    s = recipe.s = dataclasses.replace(s, eval_instances_per_task=a.per_task, fit_tasks=a.fit_tasks)
     config, args = _pairs(a.set), _pairs(a.args)
     out, start = Path(a.work) / a.name, time.time()
     if not (out / "config.json").exists():
@@ -108,7 +109,7 @@ def main() -> None:
     (recipe.out / "eval").mkdir(parents=True, exist_ok=True)
     for mode in ("own", "shuffled"):
         suffix = "" if mode == "own" else "_shuffled"
-        result["fit" + suffix] = _short(recipe.evaluate_fit(out, instruction_mode=mode))
+        result["fit" + suffix] = _short(recipe.evaluate_fit(out, instruction_mode=mode, sample="selection"))
         result["dev" + suffix] = _short(recipe.evaluate(out, split="dev", instruction_mode=mode))
     result["seconds"] = round(time.time() - start, 1)
     result["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -44,22 +44,25 @@ def unseen_train_rows(
     per_task: int,
     num_tasks: int | None = None,
     sample_seed: int = 0,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
     """
     Instances of train tasks that a model trained on `load_sni(data_dir, max_train_instances_per_task=...,
-    seed=seed)["train"]` never saw: the first `per_task` of each task's remaining instances, in file order.
+    seed=seed)["train"]` never saw: `per_task` of each task's remaining instances in file order, after the first
+    `offset` of them (two calls with `offset` 0 and `per_task` give disjoint rows).
 
     Args:
         data_dir: an SNI-layout folder (e.g. the synthetic suite written with spare instances per task).
         max_train_instances_per_task, seed: the training sample's arguments to [`load_sni`].
         per_task (`int`): unseen instances kept per task.
         num_tasks (`int`, *optional*): a seeded sample of this many train tasks (`sample_seed`); all when `None`.
+        offset (`int`, *optional*, defaults to 0): unseen instances skipped per task before the `per_task` kept.
 
     Returns:
         `list[dict]`: rows with [`load_sni`]'s columns, tasks in split order.
     """
-    if per_task < 1:
-        raise ValueError(f"`per_task` must be >= 1, got {per_task}.")
+    if per_task < 1 or offset < 0:
+        raise ValueError(f"`per_task` must be >= 1 and `offset` >= 0, got {per_task} and {offset}.")
     full = load_sni(data_dir, max_train_instances_per_task=None, seed=seed, splits=("train",))["train"]
     trained = load_sni(data_dir, max_train_instances_per_task=max_train_instances_per_task, seed=seed,
                        splits=("train",))["train"]  # fmt: skip
@@ -70,14 +73,15 @@ def unseen_train_rows(
     wanted, rows, count = set(tasks), [], dict.fromkeys(tasks, 0)
     for row in full:
         task = row["task"]
-        if task in wanted and row["id"] not in seen and count[task] < per_task:
-            rows.append(row)
+        if task in wanted and row["id"] not in seen:
+            if offset <= count[task] < offset + per_task:
+                rows.append(row)
             count[task] += 1
-    missing = [t for t, n in count.items() if n == 0]
+    missing = [t for t, n in count.items() if n <= offset]
     if missing:
         raise ValueError(
             f"{len(missing)} train tasks have no instance beyond the {max_train_instances_per_task} trained on "
-            f"(e.g. {missing[0]}): write the suite with more instances per task."
+            f"and the {offset} unseen ones skipped (e.g. {missing[0]}): write the suite with more instances per task."
         )
     return rows
 

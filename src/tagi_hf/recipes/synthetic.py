@@ -104,6 +104,10 @@ def stage_finished(path: Path) -> bool:
     return any((path / marker).exists() for marker in STAGE_MARKERS)
 
 
+SUITE_VERSION = "2026-12-07"
+"""Revision of the synthetic suite the recipe writes (docs/synthetic-suite.md, Refinements): recorded in the data
+stage, so that a suite written by an older generator is never reused."""
+
 STAGE_RECORD = "recipe_stage.json"
 """Written into a finished stage's folder: the settings it was built with, checked when the stage is reused."""
 
@@ -193,12 +197,20 @@ class SyntheticRecipe:
         if s.overwrite and self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        # Extra instances per task stay unseen in training: twice `eval_instances_per_task`, the fit rows that are
+        # reported and, disjoint from them, the selection rows that probes choose settings on ([`fit_rows`]).
+        unseen = 2 * s.eval_instances_per_task
+        data_record = {"suite": SUITE_VERSION, "seed": s.seed, "instances_per_task": s.instances_per_task + unseen}
+        if stage_finished(self.out / "data") and not (self.out / "data" / STAGE_RECORD).exists():
+            raise ValueError(
+                f"{self.out / 'data'} holds a synthetic suite written before the suite's {SUITE_VERSION} revision "
+                "(docs/synthetic-suite.md, Refinements): use another output folder, or pass overwrite."
+            )
+        self.fit_rows_per_task = s.eval_instances_per_task  # the selection rows start after them, whatever comes
         self.data_dir = self._stage(
-            # Extra instances per task stay unseen in training: held-back data for the teachers' reference score.
             self.out / "data",
-            lambda p: write_synthetic_suite(
-                p, seed=s.seed, instances_per_task=s.instances_per_task + s.eval_instances_per_task
-            ),
+            lambda p: write_synthetic_suite(p, seed=s.seed, instances_per_task=data_record["instances_per_task"]),
+            data_record,
         )
         self.train = load_sni(
             self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",)
@@ -251,11 +263,15 @@ class SyntheticRecipe:
             self._record(()),
         )
 
-    def baseline(self, setting: str = "def") -> Path:
-        """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher."""
+    def baseline(self, setting: str = "def", seed: int | None = None) -> Path:
+        """The instruction-in-context multi-task model (Tk-Instruct role), also the logit teacher (the one of the
+        settings' seed). `seed`: another training seed (same backbone and data), in a folder of its own."""
         from ..teachers.baseline import train_multitask_baseline
 
         s, name = self.s, "baseline" if setting == "def" else f"baseline-{setting}"
+        train_seed = s.seed if seed is None else seed
+        name += "" if train_seed == s.seed else f"-seed{train_seed}"
+        extra = {} if train_seed == s.seed else {"train_seed": train_seed}  # records of the settings' seed unchanged
         return self._stage(
             self.out / name,
             lambda p: train_multitask_baseline(
@@ -267,9 +283,9 @@ class SyntheticRecipe:
                 max_steps=s.baseline_steps,
                 learning_rate=s.learning_rate,
                 per_device_train_batch_size=s.batch_size,
-                seed=s.seed,
+                seed=train_seed,
             ),
-            self._record(("baseline_steps", "learning_rate"), setting=setting),
+            self._record(("baseline_steps", "learning_rate"), setting=setting, **extra),
         )
 
     def teachers(self) -> Path:
@@ -351,9 +367,11 @@ class SyntheticRecipe:
         lambda_ins: float | None = None,
         learning_rate: float | None = None,
         generator: dict | None = None,
+        seed: int | None = None,
     ) -> Path:
         """Stage 2 for one variant (defaults: the full method of the settings; `generator`: TagiConfig fields of
-        another generator, e.g. the paper's frozen encoder with mean pooling)."""
+        another generator, e.g. the paper's frozen encoder with mean pooling; `seed`: stage 2's training seed, batch
+        order and dropout, when not the settings' seed: the stages before it stay those of the settings' seed)."""
         s = self.s if learning_rate is None else replace(self.s, learning_rate=learning_rate)
         fusion = fusion or s.fusion
         kl = s.lambda_kl if lambda_kl is None else lambda_kl
@@ -372,6 +390,8 @@ class SyntheticRecipe:
             instruction_encoder_learning_rate=encoder_lr,
             **generator,
         )
+        if seed is not None and seed != self.s.seed:  # recorded only when used: the settings' seed keeps its records
+            record["stage2_seed"] = seed
         cached_k = s.teacher_logits_top_k if kl > 0 else 0
         if cached_k:  # recorded only when used, so stages built with the live teacher keep their records
             record["teacher_logits_top_k"] = cached_k
@@ -397,7 +417,7 @@ class SyntheticRecipe:
                 train,
                 path,
                 _stage_args(
-                    s,
+                    s if seed is None else replace(s, seed=seed),
                     self._work(name, record),
                     s.stage2_steps,
                     lambda_kl=kl,
@@ -441,30 +461,46 @@ class SyntheticRecipe:
         texts = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
         return metrics | {"ran_to_limit": count_ran_to_limit(texts, self.tokenizer, max_new_tokens)}
 
-    def fit_rows(self) -> list[dict]:
-        """Unseen instances of train tasks (`eval_instances_per_task` each, of `fit_tasks` seeded tasks)."""
+    def fit_rows(self, sample: str = "fit") -> list[dict]:
+        """Unseen instances of train tasks, `eval_instances_per_task` of each of `fit_tasks` seeded tasks.
+
+        `sample="fit"`: the reported fit rows (the first unseen instances of a task sample drawn with seed 0);
+        `sample="selection"`: the rows that probes choose settings on, disjoint from the fit rows (the unseen
+        instances after the fit rows' `eval_instances_per_task` of the settings the recipe was built with, of a task
+        sample drawn with seed 1), so that no reported row was used to choose a setting."""
         from ..evaluation.fit import unseen_train_rows
 
-        s = self.s
+        if sample not in ("fit", "selection"):
+            raise ValueError(f"`sample` must be 'fit' or 'selection', got {sample!r}.")
+        s, selection = self.s, sample == "selection"
         return unseen_train_rows(
             self.data_dir,
             max_train_instances_per_task=s.instances_per_task,
             seed=s.seed,
             per_task=s.eval_instances_per_task,
             num_tasks=s.fit_tasks or None,
+            sample_seed=int(selection),
+            offset=self.fit_rows_per_task * selection,
         )
 
     def evaluate_fit(
-        self, model_dir: Path | None, *, setting: str = "def", max_new_tokens: int = 32, instruction_mode: str = "own"
+        self,
+        model_dir: Path | None,
+        *,
+        setting: str = "def",
+        max_new_tokens: int = 32,
+        instruction_mode: str = "own",
+        sample: str = "fit",
     ) -> dict:
         """How well a saved model (TAGI or T5) fits the train tasks: scores on their unseen instances ([`fit_rows`]),
         with each task's own instruction or a control (`instruction_mode`, see [`task_instructions`]).
-        `model_dir=None` scores the LoRA teachers, each on its own task. See [`summarise_predictions`]."""
+        `model_dir=None` scores the LoRA teachers, each on its own task. `sample`: the reported fit rows, or the
+        selection rows for choosing settings ([`fit_rows`]). See [`summarise_predictions`]."""
         from ..evaluation.fit import predict_with_teachers, summarise_predictions
         from ..evaluation.runner import load_for_evaluation, predict
         from ..teachers.lora_teachers import TeacherBank
 
-        rows = self.fit_rows()
+        rows = self.fit_rows(sample)
         if model_dir is None:
             base = T5ForConditionalGeneration.from_pretrained(self.backbone())
             bank = TeacherBank.from_directory(self.teachers())
