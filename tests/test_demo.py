@@ -49,6 +49,9 @@ def test_demo_runs_every_stage_and_writes_its_table_and_metrics(demo, capsys):
                                              "tagi"}  # fmt: skip
     assert metrics["seconds"] >= sum(metrics["stage_seconds"].values()) - 1.0
     assert metrics["machine"]["device"] == "cpu"
+    for stage, seconds in metrics["stage_seconds"].items():  # each stage built records its own cost (shipped cards)
+        cost = json.loads((out / stage / "stage_cost.json").read_text())
+        assert cost["seconds"] == seconds and cost["machine"]["cpu_cores"] >= 1 and cost["finished"].endswith("UTC")
     assert f"Ran in {metrics['seconds'] / 60:.1f} min" in printed
 
     demo_part = metrics["adapter_demo"]

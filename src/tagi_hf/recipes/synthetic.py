@@ -108,6 +108,11 @@ SUITE_VERSION = "2026-12-07"
 """Revision of the synthetic suite the recipe writes (docs/synthetic-suite.md, Refinements): recorded in the data
 stage, so that a suite written by an older generator is never reused."""
 
+STAGE_COST = "stage_cost.json"
+"""Written into a stage's folder when this run built it: its seconds (exclusive of the stages it triggered), when it
+finished and on which machine. What the shipped checkpoints' cards state as their cost. A resumed stage counts only
+the seconds of the run that finished it."""
+
 STAGE_RECORD = "recipe_stage.json"
 """Written into a finished stage's folder: the settings it was built with, checked when the stage is reused."""
 
@@ -126,9 +131,12 @@ def _stage(
         logger.warning(f"Stage output {path} is unfinished (interrupted run): building it again, resuming if it can.")
     start, nested_before = time.perf_counter(), sum((timings or {}).values())
     build(path)
-    if timings is not None:  # exclusive of the stages this one triggered (they record their own)
-        nested = sum(timings.values()) - nested_before
-        timings[path.name] = round(time.perf_counter() - start - nested, 1)
+    # exclusive of the stages this one triggered (they record their own)
+    seconds = round(time.perf_counter() - start - (sum((timings or {}).values()) - nested_before), 1)
+    if timings is not None:
+        timings[path.name] = seconds
+    cost = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _machine()}
+    atomic_write_text(path / STAGE_COST, json.dumps(cost, indent=2) + "\n")
     if record is not None:
         atomic_write_text(path / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
@@ -544,13 +552,22 @@ def _machine() -> dict:
     import os
     import platform
 
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), None)
     return {
+        "cpu": cpu or platform.processor() or platform.machine(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "platform": platform.platform(),
         "torch": torch.__version__,
     }
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return []
 
 
 def demo_corpus(s: DemoSettings) -> list[str]:
