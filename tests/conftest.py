@@ -33,6 +33,17 @@ def offline_hf_env():
     shutil.rmtree(_TEST_HF_HOME, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def tiny_models_on_one_thread():
+    """torch on one intra-op thread for a whole module of tiny-model tests (`pytestmark = pytest.mark.usefixtures(
+    "tiny_models_on_one_thread")`): thread start-up and synchronisation cost more than they save (tenfold on a busy
+    machine)."""
+    from tiny import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture
 def single_thread():
     """torch on one intra-op thread during the test (`tiny.one_thread`): for tests comparing two runs bit for bit."""

@@ -12,12 +12,7 @@ from tiny import tiny_tokenizer
 PROMPTS = ["apple bird cat dog egg fish", "sort cat"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_models_on_one_thread")
 
 
 def _left_padded():

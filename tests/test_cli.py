@@ -20,13 +20,7 @@ RESULT_KEYS = METRIC_KEYS | {"per_task", "per_category", "setting", "model", "ki
 QUICK = ["--max-new-tokens", "2", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: thread start-up and synchronisation cost more than they save (tenfold on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_models_on_one_thread")
 
 
 @pytest.fixture(scope="module")

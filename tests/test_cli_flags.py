@@ -13,13 +13,7 @@ from test_demo import TINY
 from test_predict import save_tiny_models
 from tiny import tiny_text_config, tiny_tokenizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_models_on_one_thread")
 
 
 # --------------------------------------------------------------------------------------------------------- demo

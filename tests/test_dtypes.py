@@ -17,12 +17,7 @@ EPS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 BUILDERS = {"t5": tiny_model, "causal": tiny_causal}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_models_on_one_thread")
 
 
 def _saved_model(family, fusion, path):

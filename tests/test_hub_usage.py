@@ -25,12 +25,7 @@ from tiny import tiny_model, tiny_tokenizer
 BASE, REPO = "test-user/tiny-t5", "test-user/adapters"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_models_on_one_thread")
 
 
 def test_a_causal_generator_pushed_loads_with_auto_model_for_causal_lm(hub_env):

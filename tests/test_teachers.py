@@ -22,13 +22,7 @@ from tiny import tiny_text_config
 FAST = dict(max_steps=8, learning_rate=1e-2, max_input_length=64, max_target_length=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose ~10x when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_models_on_one_thread")
 
 
 @pytest.fixture(scope="module")
