@@ -1,16 +1,24 @@
 """`make benchmark`: reruns every benchmark, then regenerates the results report, the README table and the chart.
 
-    python benchmarks/run_all.py [--quick] [--only quality cost memory] [--report-only] [--seeds 0 1 2]
+    python benchmarks/run_all.py [--quick] [--only quality headline cost memory] [--report-only] [--dry-run]
+                                 [--seeds 0 1 2]
 
-1. `quality.py`: the paper's comparisons in miniature on the synthetic suite -> `results/quality.json`
-   (trained models under `runs/benchmark/`; the full TAGI model at `runs/benchmark/tagi/`);
-2. `cost.py`: FLOPs, wall time, adapter throughput and training cost -> `results/cost.json`;
-3. `adapter_memory.py`: peak memory of generating 1,000 vs 10,000 adapters -> `results/adapter_memory.json`;
-4. the report: `results/REPORT.md` (every table), the README section between the `benchmark` markers and
-   `results/benchmark.png`, all rendered from the JSON files (nothing is typed in by hand).
+1. `quality.py`: the paper's comparisons in miniature on the synthetic suite -> `results/quality.json`, with the
+   settings of the committed table: the benchmark scale with 1,000 stage-2 steps per model, both prompt settings,
+   the stage-2 learning-rate grid for the two methods it was given to ([`QUALITY_GRID_ONLY`]; the others at the
+   settings' rate), one seed unless `--seeds` (trained models under `runs/benchmark/`);
+2. `quality.py --headline`: the headline rows -> `results/headline.json` (2,000 stage-2 steps, "Def", one rate;
+   its own default seeds unless `--seeds`; the full TAGI model at `runs/benchmark/tagi/`). It runs after step 1
+   and reuses its stand-in, FT, teachers and stage-1 models;
+3. `cost.py`: FLOPs, wall time, adapter throughput and training cost -> `results/cost.json`;
+4. `adapter_memory.py`: peak memory of generating 1,000 vs 10,000 adapters -> `results/adapter_memory.json`;
+5. the report: `results/REPORT.md` (every table), the README section between the `benchmark` markers and
+   `results/benchmark.png`, all rendered from the JSON files (nothing is typed in by hand). Each step's wall time,
+   date, machine and command go to `results/runtimes.json`.
 
-`--quick` runs tiny budgets into `benchmarks/results/quick/` (checks the scripts, not the method) and leaves the
-README alone. `--report-only` re-renders the report from the JSON files already there.
+`--dry-run` prints every step's command and the files it writes, and runs nothing ([`plan`]). `--quick` runs tiny
+budgets into `benchmarks/results/quick/` (checks the scripts, not the method) and leaves the README alone.
+`--report-only` re-renders the report from the JSON files already there.
 """
 
 from __future__ import annotations
@@ -30,13 +38,16 @@ sys.path.insert(0, str(HERE))
 from cost_report import METHOD_LABELS, goals_table, plot_cost, render_markdown  # noqa: E402
 from fit_report import fit_table, fit_tables, fit_targets, fmt, stat  # noqa: E402
 
+from tagi_hf.modeling.file_utils import atomic_write_text  # noqa: E402
 from tagi_hf.recipes.synthetic import SUITE_VERSION  # noqa: E402
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
-STEPS = ("quality", "cost", "memory")
-# quality.py's benchmark scale (BENCHMARK_SETTINGS), except 1,000 stage-2 steps per model (headline check: 2,000):
-# the full comparison trains 24 stage-2 models (6 methods x 2 prompt settings x 2 learning rates).
+STEPS = ("quality", "headline", "cost", "memory")
+# quality.py's benchmark scale (BENCHMARK_SETTINGS), except 1,000 stage-2 steps per model (headline check: 2,000),
+# with the stage-2 learning-rate grid given to the two methods the committed table gave it to (its meta:
+# stage2_lr_grid_applies_to): 18 stage-2 models (7 hypernetwork methods x 2 prompt settings, + 2 x 2 extra rates).
 QUALITY_SET = ["stage2_steps=1000"]
+QUALITY_GRID_ONLY = ("tagi-hypernet-l-pred-only", "tagi-without-l-ins")
 QUALITY_COLUMNS = ("rougeL", "exact_match", "exact_match_strict")
 FT = "multi-task FT, instruction in context (Tk-Instruct analogue)"
 STANDIN = "stand-in backbone, instruction in context (instruction-tuned on the train tasks, T0 analogue)"
@@ -46,22 +57,64 @@ RENAMED = {"backbone, instruction in context (no meta-training)": STANDIN}
 with its definition in context (instruction-tuned on the train tasks), not a backbone without meta-training."""
 
 
-def run_step(step: str, results: Path, quick: bool, seeds: list[int] | None = None) -> float:
-    """Runs one benchmark script in a subprocess; returns its wall time in seconds. `seeds`: the quality step's
-    stage-2 (and FT) training seeds (`quality.py --seeds`; default: the settings' seed alone)."""
+def plan(results: Path, quick: bool = False, seeds: list[int] | None = None, only=STEPS) -> list[dict]:
+    """Every step `run_all.py` runs, in order: {"step", "command" (argv after the Python executable), "writes"
+    (the results files it regenerates)}. `seeds`: the quality and headline steps' stage-2 (and FT) training seeds
+    (`quality.py --seeds`; default: the quality step the settings' seed alone, the headline step its own default)."""
     quick_flag = ["--quick"] if quick else []
-    budget = ([] if quick else ["--set", *QUALITY_SET]) + (["--seeds", *map(str, seeds)] if seeds else [])
-    commands = {
-        "quality": [str(HERE / "quality.py"), *quick_flag, "--results", str(results / "quality.json"), "--out",
-                    str(ROOT / "runs" / ("benchmark-quick" if quick else "benchmark")), *budget],
-        "cost": [str(HERE / "cost.py"), *quick_flag, "--out", str(results / "cost.json")],
-        "memory": [str(HERE / "adapter_memory.py"), "--output", str(results / "adapter_memory.json"),
-                   *(["--counts", "100", "1000"] if quick else [])],
+    seed_flag = ["--seeds", *map(str, seeds)] if seeds else []
+    runs = str(ROOT / "runs" / ("benchmark-quick" if quick else "benchmark"))
+    budget = [] if quick else ["--set", *QUALITY_SET, "--grid-only", *QUALITY_GRID_ONLY]
+    steps = {
+        "quality": ([str(HERE / "quality.py"), *quick_flag, "--results", str(results / "quality.json"), "--out", runs,
+                     *budget, *seed_flag], ["quality.json", "test_scorings.jsonl"]),
+        "headline": ([str(HERE / "quality.py"), "--headline", *quick_flag, "--results", str(results / "headline.json"),
+                      "--out", runs, *seed_flag], ["headline.json", "test_scorings.jsonl"]),
+        "cost": ([str(HERE / "cost.py"), *quick_flag, "--out", str(results / "cost.json")], ["cost.json"]),
+        "memory": ([str(HERE / "adapter_memory.py"), "--output", str(results / "adapter_memory.json"),
+                    *(["--counts", "100", "1000"] if quick else [])], ["adapter_memory.json"]),
     }  # fmt: skip
+    unknown = sorted(set(only) - set(STEPS))
+    if unknown:
+        raise ValueError(f"Unknown benchmark step(s) {unknown}; known: {', '.join(STEPS)}.")
+    return [{"step": k, "command": steps[k][0], "writes": [str(results / f) for f in steps[k][1]]}
+            for k in STEPS if k in only]  # fmt: skip
+
+
+def run_step(step: str, results: Path, quick: bool, seeds: list[int] | None = None) -> float:
+    """Runs one benchmark step ([`plan`]) in a subprocess; returns its wall time in seconds."""
+    (entry,) = plan(results, quick, seeds, only=(step,))
     start = time.perf_counter()
-    print(f"[benchmark] {step}: {' '.join(commands[step])}", flush=True)
-    subprocess.run([sys.executable, *commands[step]], check=True, cwd=ROOT)
+    print(f"[benchmark] {step}: {' '.join(entry['command'])}", flush=True)
+    subprocess.run([sys.executable, *entry["command"]], check=True, cwd=ROOT)
     return time.perf_counter() - start
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def runtime_entry(seconds: float, command: list[str]) -> dict:
+    """What `runtimes.json` keeps of one step's run: wall time, when it finished, the machine, commit and command."""
+    import platform
+
+    from tagi_hf.recipes.synthetic import _machine
+
+    machine = _machine()
+    return {
+        "seconds": round(seconds, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_cores": os.cpu_count(),
+        "machine": f"{machine['cpu']}, {platform.machine()}, {machine['device']}",
+        "load_average": os.getloadavg(),
+        "commit": _commit(),
+        "command": " ".join(["python", *(str(Path(c).relative_to(ROOT)) if c.startswith(str(ROOT)) else c
+                                         for c in command)]),
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------- quality
@@ -356,6 +409,36 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+RESULT_COMMIT = {"quality": lambda r: r["meta"].get("commit"), "headline": lambda r: r["meta"].get("commit"),
+                 "cost": lambda r: r.get("git_commit")}  # fmt: skip
+"""Where a results file records the commit its run ran on."""
+
+
+def runtimes_line(runtimes: dict[str, dict], results: dict[str, dict | None]) -> str:
+    """One line: each step's wall time in its last `run_all.py` run, with its date, machine and commit; a step whose
+    results file came from another run (its commit differs) is said to be so; a total only where every step ran at
+    one commit (one `make benchmark`). Each run reused the stages already trained: not the cost from a fresh clone."""
+    parts = []
+    for step in [s for s in STEPS if s in runtimes] + [s for s in runtimes if s not in STEPS]:
+        r = runtimes[step]
+        quick = " (--quick)" if (results.get(step) or {}).get("meta", results.get(step) or {}).get("quick") else ""
+        cores = f"{r['cpu_cores']} CPU cores" if "cpu_cores" in r else None
+        commit_at = f"ran at commit {r['commit'][:10]}" if r.get("commit") else None
+        where = ", ".join(x for x in (r.get("finished", "date not recorded"), r.get("machine"), cores, commit_at) if x)
+        result, commit = results.get(step), r.get("commit")
+        other = result is not None and step in RESULT_COMMIT and commit and RESULT_COMMIT[step](result) != commit
+        if other:
+            where += f"; not the run behind `{step}.json`, see its header"
+        parts.append(f"{step}{quick} {r['seconds'] / 60:.0f} min ({where})")
+    missing = [s for s in STEPS if s not in runtimes]
+    line = "Wall time of the last `run_all.py` run of each step: " + "; ".join(parts)
+    line += f"; not yet run by `run_all.py`: {', '.join(missing)}." if missing else "."
+    commits = {r.get("commit") for r in runtimes.values()}
+    if not missing and len(commits) == 1 and None not in commits:
+        line += f" {sum(r['seconds'] for r in runtimes.values()) / 60:.0f} min in all."
+    return line + " Each run reused the models already trained under `runs/`: not the cost from a fresh clone."
+
+
 def render_report(results: Path, runtimes: dict[str, dict] | None = None) -> tuple[str, str]:
     """(full report, README section) from the JSON files under `results`; absent files are reported as such."""
     q, cost, memory = (_load(results / f) for f in ("quality.json", "cost.json", "adapter_memory.json"))
@@ -364,13 +447,7 @@ def render_report(results: Path, runtimes: dict[str, dict] | None = None) -> tup
     runtimes = runtimes if runtimes is not None else _load(results / "runtimes.json")
     full, short = ["# Benchmark results", "", "Regenerated by `make benchmark` (`python benchmarks/run_all.py`)."], []
     if runtimes:
-        total = sum(r["seconds"] for r in runtimes.values())
-        quick = {"quality": (q or {}).get("meta", {}).get("quick"), "cost": (cost or {}).get("quick")}
-        steps = ", ".join(
-            f"{k}{' (--quick)' if quick.get(k) else ''} {r['seconds'] / 60:.0f} min" for k, r in runtimes.items()
-        )
-        cores = "/".join(sorted({str(r["cpu_cores"]) for r in runtimes.values()}))
-        line = f"Wall time of the last run of each step ({cores} CPU cores): {steps}; {total / 60:.0f} min in all."
+        line = runtimes_line(runtimes, {"quality": q, "headline": headline, "cost": cost})
         full.append(line)
         short += [line, ""]
     full.append("")
@@ -422,23 +499,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="quality: stage-2 and FT training seeds")
     parser.add_argument("--report-only", action="store_true", help="re-render the report from existing JSON")
+    parser.add_argument("--dry-run", action="store_true", help="print each step's command and files; run nothing")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = parser.parse_args(argv)
     results = args.results or (HERE / "results" / "quick" if args.quick else HERE / "results")
+    if args.dry_run:
+        for entry in plan(results, args.quick, args.seeds, args.only):
+            print(f"{entry['step']}: python {' '.join(entry['command'])}\n    writes {', '.join(entry['writes'])}")
+        return
     results.mkdir(parents=True, exist_ok=True)
     runtimes_file = results / "runtimes.json"
     runtimes = _load(runtimes_file) or {}
     if not args.report_only:
-        for step in args.only:
-            seconds = run_step(step, results, args.quick, args.seeds)
-            runtimes[step] = {
-                "seconds": round(seconds, 1),
-                "cpu_cores": os.cpu_count(),
-                "load_average": os.getloadavg(),
-            }
-            runtimes_file.write_text(json.dumps(runtimes, indent=1) + "\n")
+        for entry in plan(results, args.quick, args.seeds, args.only):
+            seconds = run_step(entry["step"], results, args.quick, args.seeds)
+            runtimes[entry["step"]] = runtime_entry(seconds, entry["command"])
+            atomic_write_text(runtimes_file, json.dumps(runtimes, indent=1) + "\n")
     full, short = render_report(results, runtimes)
-    (results / "REPORT.md").write_text(full + "\n")
+    atomic_write_text(results / "REPORT.md", full + "\n")
     q, cost = _load(results / "quality.json"), _load(results / "cost.json")
     q = None if q is None else relabel(q)
     if q or cost:

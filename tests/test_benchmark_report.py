@@ -136,7 +136,10 @@ def test_report_and_readme_section_render_from_the_json(tmp_path):
     assert row in full and row in short
     assert "| TAGI | 80.0 ± 0.5 / 80.0 ± 0.5 / 80.0 ± 0.5 | 80.0 ± 0.5 / 80.0 ± 0.5 / 80.0 ± 0.5 |" in full  # by kind
     assert "11 of 11 quality targets met" in short
-    assert "quality 2 min; 2 min in all" in full and "No `cost.json` yet." in full
+    assert (
+        "quality 2 min (date not recorded, 2 CPU cores); not yet run by `run_all.py`: headline, cost, memory." in full
+    )
+    assert "in all" not in full and "No `cost.json` yet." in full
     run_all.plot(json.loads((tmp_path / "quality.json").read_text()), None, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -299,5 +302,60 @@ def test_run_all_passes_the_seeds_to_the_quality_step(tmp_path, monkeypatch):
     monkeypatch.setattr(run_all.subprocess, "run", lambda command, **kwargs: commands.append(command))
     run_all.run_step("quality", tmp_path, quick=False, seeds=[0, 1, 2])
     run_all.run_step("quality", tmp_path, quick=True)
-    assert commands[0][-6:] == ["--set", "stage2_steps=1000", "--seeds", "0", "1", "2"]
+    run_all.run_step("headline", tmp_path, quick=False, seeds=[0, 1, 2])
+    assert commands[0][-4:] == ["--seeds", "0", "1", "2"] and commands[2][-4:] == ["--seeds", "0", "1", "2"]
     assert "--seeds" not in commands[1] and "--quick" in commands[1]
+
+
+def test_run_all_plan_regenerates_every_results_file_with_the_committed_settings(tmp_path):
+    steps = {entry["step"]: entry for entry in run_all.plan(tmp_path)}
+    assert list(steps) == ["quality", "headline", "cost", "memory"]
+    written = {Path(f).name for entry in steps.values() for f in entry["writes"]}
+    assert written == {"quality.json", "headline.json", "test_scorings.jsonl", "cost.json", "adapter_memory.json"}
+    quality, headline = steps["quality"]["command"], steps["headline"]["command"]
+    assert quality[quality.index("--set") + 1] == "stage2_steps=1000"
+    grid_only = quality[quality.index("--grid-only") + 1 :]
+    assert grid_only == ["tagi-hypernet-l-pred-only", "tagi-without-l-ins"]
+    committed = json.loads((ROOT / "benchmarks" / "results" / "quality.json").read_text())["meta"]
+    assert committed["stage2_lr_grid_applies_to"] == grid_only and committed["settings"]["stage2_steps"] == 1000
+    assert "--headline" in headline and "--set" not in headline and "--seeds" not in headline
+    assert headline[headline.index("--results") + 1] == str(tmp_path / "headline.json")
+    assert [e["step"] for e in run_all.plan(tmp_path, only=("memory", "headline"))] == ["headline", "memory"]
+    with pytest.raises(ValueError, match=r"Unknown benchmark step\(s\) \['plots'\]"):
+        run_all.plan(tmp_path, only=("plots",))
+
+
+def test_run_all_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("--dry-run ran a step")
+
+    monkeypatch.setattr(run_all.subprocess, "run", refuse)
+    run_all.main(["--dry-run", "--results", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "headline: python " in out and f"writes {tmp_path / 'r' / 'headline.json'}" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_runtimes_line_gives_dates_and_sums_only_one_run():
+    entry = {
+        "seconds": 600.0,
+        "cpu_cores": 2,
+        "finished": "2026-12-07 10:00 UTC",
+        "machine": "Xeon",
+        "commit": "a" * 40,
+    }
+    one_run = {step: entry for step in run_all.STEPS}
+    line = run_all.runtimes_line(one_run, {})
+    assert "quality 10 min (2026-12-07 10:00 UTC, Xeon, 2 CPU cores, ran at commit aaaaaaaaaa)" in line
+    assert "40 min in all." in line and "not yet run" not in line
+    mixed = one_run | {"cost": entry | {"commit": "b" * 40}}
+    assert "in all" not in run_all.runtimes_line(mixed, {})
+    other = run_all.runtimes_line(one_run, {"quality": {"meta": {"commit": "c" * 40}}})
+    assert (
+        "quality 10 min (2026-12-07 10:00 UTC, Xeon, 2 CPU cores, ran at commit aaaaaaaaaa; not the run behind"
+        in other
+    )
+    assert (
+        "in all" in other
+        and "headline 10 min (2026-12-07 10:00 UTC, Xeon, 2 CPU cores, ran at commit aaaaaaaaaa)" in other
+    )
