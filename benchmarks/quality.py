@@ -40,6 +40,11 @@ learning rate, 3 seeds) into `benchmarks/results/headline.json`.
 The fit rows reported here are disjoint from the selection rows that the probes choose settings on
 (`SyntheticRecipe.fit_rows`).
 
+What it costs: each results file's header gives its run's wall time, date and machine (`meta`), and every stage it
+trained (`meta.stage_seconds`; each stage folder's `stage_cost.json`). Stages already under `--out` are reused, so
+that is not the cost from a fresh clone: the README ("What the benchmark costs from a fresh clone") sums the
+per-stage logs into an estimate for `--headline` and for `make benchmark`; neither was measured as one run.
+
 Everything trains under `--out` (default `runs/benchmark/`; the full TAGI model of the "Def" setting ends up in
 `runs/benchmark/tagi/`, loadable by `tagi-hf evaluate`). Re-running reuses finished stages.
 """
@@ -65,7 +70,7 @@ from tagi_hf.data.synthetic import HELD_OUT_WORDS
 from tagi_hf.evaluation.fit import scores_by_operation
 from tagi_hf.evaluation.metrics import compute_metrics
 from tagi_hf.modeling.file_utils import atomic_write_text
-from tagi_hf.recipes.synthetic import SUITE_VERSION, DemoSettings, SyntheticRecipe
+from tagi_hf.recipes.synthetic import SUITE_VERSION, DemoSettings, SyntheticRecipe, _machine
 
 SETTINGS = ("def", "def+2pos")
 # The benchmark's scale (DemoSettings fields; the demo keeps its own smaller defaults). Chosen by the probes logged in
@@ -328,7 +333,8 @@ def _meta(settings: DemoSettings, seconds: float, quick: bool = False) -> dict:
         "settings": dataclasses.asdict(settings),
         "quick": quick,
         "seconds": round(seconds, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{_machine()['cpu']}, {platform.machine()}, {torch.get_num_threads()} threads",
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -421,7 +427,8 @@ def merge_results(target: Path, results: dict, source: str) -> None:
     meta = results["meta"]
     merged["meta"].setdefault("merged", []).append(
         {"settings": meta["prompt_settings"], "methods": meta.get("methods"), "commit": meta["commit"],
-         "seconds": meta["seconds"], "stage_seconds": meta.get("stage_seconds"), "results": source}
+         "seconds": meta["seconds"], "finished": meta.get("finished"), "stage_seconds": meta.get("stage_seconds"),
+         "results": source}
     )  # fmt: skip
     settings = merged["meta"]["prompt_settings"]
     merged["meta"]["prompt_settings"] = list(dict.fromkeys([*settings, *meta["prompt_settings"]]))

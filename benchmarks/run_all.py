@@ -313,13 +313,18 @@ def _names(methods: str | list[str] | None) -> str:
     return "all" if not methods or isinstance(methods, str) else ", ".join(methods)
 
 
+def _finished(meta: dict) -> str:
+    """The text `finished DATE, ` where a run recorded when it finished ("" for results written before it did)."""
+    return f"finished {meta['finished']}, " if meta.get("finished") else ""
+
+
 def quality_header(q: dict) -> str:
     meta = q["meta"]
     stages = meta.get("stage_seconds") or {}
     trained = f"{len(stages)} stages trained in it" if stages else "evaluation only: models from an earlier run"
     merged = "".join(
         f"; {', '.join(m['settings'])} added from a later run (commit {m['commit'][:10]}, "
-        f"{m['seconds'] / 60:.0f} min, methods: {_names(m['methods'])})"
+        f"{_finished(m)}{m['seconds'] / 60:.0f} min, methods: {_names(m['methods'])})"
         for m in meta.get("merged", [])
     )
     steps = meta.get("settings", {}).get("stage2_steps")
@@ -339,7 +344,7 @@ def quality_header(q: dict) -> str:
     return (
         f"Quality on the synthetic suite's held-out test tasks ({meta['device']}, {meta['machine']}; torch "
         f"{meta['torch']}, transformers {meta['transformers']}; commit {meta['commit'][:10]}; "
-        f"{meta['seconds'] / 60:.0f} min, {trained}{merged}). Scores x100.{runs}{previous}"
+        f"{_finished(meta)}{meta['seconds'] / 60:.0f} min, {trained}{merged}). Scores x100.{runs}{previous}"
     )
 
 

@@ -359,3 +359,25 @@ def test_runtimes_line_gives_dates_and_sums_only_one_run():
         "in all" in other
         and "headline 10 min (2026-12-07 10:00 UTC, Xeon, 2 CPU cores, ran at commit aaaaaaaaaa)" in other
     )
+
+
+def test_results_record_when_their_run_finished_and_the_header_says_so(tmp_path):
+    import re
+
+    import quality
+
+    from tagi_hf.recipes.synthetic import DemoSettings
+
+    meta = quality._meta(DemoSettings(), 12.0)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", meta["finished"]) and meta["seconds"] == 12.0
+    target = tmp_path / "quality.json"
+    base = {"methods": {}, "meta": meta | {"prompt_settings": ["def"]}}
+    target.write_text(json.dumps(base))
+    later = {"methods": {}, "meta": meta | {"prompt_settings": ["def+2pos"], "finished": "2026-12-07 09:00 UTC"}}
+    quality.merge_results(target, later, "later.json")
+    merged = json.loads(target.read_text())["meta"]["merged"]
+    assert [m["finished"] for m in merged] == ["2026-12-07 09:00 UTC"]
+    header = run_all.quality_header({"meta": json.loads(target.read_text())["meta"]})
+    assert f"finished {meta['finished']}, 0 min" in header and "finished 2026-12-07 09:00 UTC, 0 min" in header
+    del base["meta"]["finished"]
+    assert "finished" not in run_all.quality_header(base)
