@@ -144,7 +144,8 @@ def train_tagi(out: Path, settings: Settings, train_rows: list[dict]) -> Path:
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
     save_final_model(trainer, final)
-    (final / "train_seconds.json").write_text(json.dumps({"seconds": time.time() - started}))
+    cost = {"seconds": time.time() - started, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    atomic_write_text(final / "train_seconds.json", json.dumps(cost))
     return final
 
 
@@ -215,7 +216,8 @@ def render(results: dict) -> str:
         f"({results['settings']['steps']} steps, batch {results['settings']['batch_size']}, "
         f"{results['settings']['train_tasks']} train tasks x {results['settings']['train_instances']} instances, "
         f"fusion `{results['settings']['fusion']}`, instruction read by the frozen LM, "
-        f"λ_kl {results['settings']['lambda_kl']}; training took {results['train_seconds'] / 60:.1f} min). "
+        f"λ_kl {results['settings']['lambda_kl']}; training took {results['train_seconds'] / 60:.1f} min, "
+        f"finished {results.get('train_finished') or 'on a date not recorded'}). "
         "SmolLM2-135M-Instruct stays frozen in every row; scores are exact match / ROUGE-L (%).",
         "",
         "| method | held-out test tasks (EM / RL) | unseen train-task instances (EM / RL) | prompt tokens / instance "
@@ -266,6 +268,7 @@ def main() -> None:
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "settings": dataclasses.asdict(settings),
         "train_seconds": json.loads((final / "train_seconds.json").read_text())["seconds"],
+        "train_finished": json.loads((final / "train_seconds.json").read_text()).get("finished"),
         "training_log": [e for e in json.loads((final / "training_log.json").read_text()) if "loss" in e],
     }
     for split, rows in eval_rows.items():
