@@ -150,7 +150,8 @@ def render_markdown(results: dict) -> str:
         f"Cost benchmark on {device}; torch {machine['torch']}, transformers {machine['transformers']}, peft "
         f"{machine['peft']}; commit {str(results['git_commit'])[:10]}"
         f"{' (+ local changes)' if results['git_dirty'] else ''}"
-        f"; seed {results['seed']}{'; --quick' if results['quick'] else ''}."
+        f"; seed {results['seed']}{'; --quick' if results['quick'] else ''}"
+        f"{'; run started ' + results['created'].replace('T', ' ') if results.get('created') else ''}."
     )
     lines = [head, ""]
     for name, shape_result in results["shapes"].items():

@@ -381,3 +381,12 @@ def test_results_record_when_their_run_finished_and_the_header_says_so(tmp_path)
     assert f"finished {meta['finished']}, 0 min" in header and "finished 2026-12-07 09:00 UTC, 0 min" in header
     del base["meta"]["finished"]
     assert "finished" not in run_all.quality_header(base)
+
+
+def test_cost_header_says_when_its_run_started():
+    from cost_report import render_markdown
+
+    cost = json.loads((ROOT / "benchmarks" / "results" / "cost.json").read_text())
+    head = render_markdown(cost).splitlines()[0]
+    assert head.endswith(f"; run started {cost['created'].replace('T', ' ')}.") and cost["created"][:4] == "2026"
+    assert "run started" not in render_markdown({k: v for k, v in cost.items() if k != "created"}).splitlines()[0]
