@@ -321,6 +321,9 @@ def test_run_all_plan_regenerates_every_results_file_with_the_committed_settings
     assert "--headline" in headline and "--set" not in headline and "--seeds" not in headline
     assert headline[headline.index("--results") + 1] == str(tmp_path / "headline.json")
     assert [e["step"] for e in run_all.plan(tmp_path, only=("memory", "headline"))] == ["headline", "memory"]
+    entry = run_all.runtime_entry(12.34, steps["quality"]["command"])
+    assert entry["seconds"] == 12.3 and entry["command"].startswith("python benchmarks/quality.py --results ")
+    assert entry["finished"].endswith(" UTC") and entry["cpu_cores"] >= 1 and entry["machine"]
     with pytest.raises(ValueError, match=r"Unknown benchmark step\(s\) \['plots'\]"):
         run_all.plan(tmp_path, only=("plots",))
 
