@@ -35,7 +35,7 @@ from tagi_hf.data import load_sni  # noqa: E402
 from tagi_hf.evaluation.fit import summarise_predictions  # noqa: E402
 from tagi_hf.evaluation.runner import predict  # noqa: E402
 from tagi_hf.modeling.file_utils import atomic_directory  # noqa: E402
-from tagi_hf.recipes.synthetic import STAGE_COST, DemoSettings, SyntheticRecipe  # noqa: E402
+from tagi_hf.recipes.synthetic import STAGE_COST, DemoSettings, SyntheticRecipe, standin_provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN = "tagi-synthetic-standin"
@@ -109,21 +109,7 @@ def ship_standin(out: str) -> Path:
         meta = {
             "command": "python benchmarks/ship_checkpoints.py standin",
             "commit": _commit(),
-            "settings": {
-                k: getattr(settings, k)
-                for k in (
-                    "seed",
-                    "instances_per_task",
-                    "vocab_size",
-                    "d_model",
-                    "num_layers",
-                    "backbone_steps",
-                    "backbone_learning_rate",
-                    "batch_size",
-                    "standin_definition_fraction",
-                    "standin_boundary_probability",
-                )
-            },  # fmt: skip
+            **standin_provenance(settings),
             "cost": cost,
             "dtype": dtype,
             "dtype_reason": "bfloat16 leaves every fit and dev score unchanged"

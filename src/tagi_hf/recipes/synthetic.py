@@ -90,6 +90,9 @@ class DemoSettings:
     examples_per_task: int = 4  # stage 2: task-balanced batches of this many examples per task (0: random)
     teacher_learning_rate: float = 5e-3
     fit_tasks: int = 60  # seeded sample of train tasks scored on unseen instances (0: every train task)
+    # A shipped stand-in (a folder written by benchmarks/ship_checkpoints.py, e.g. model_cards/tagi-synthetic-standin):
+    # the tokenizer and backbone stages copy it instead of training them, as a user starts from a pretrained T5.
+    standin: str = ""
     overwrite: bool = False
 
 
@@ -184,6 +187,12 @@ BACKBONE_SETTINGS = (
     "standin_boundary_probability standin_definition_fraction backbone_steps backbone_learning_rate batch_size"
 ).split()
 """The [`DemoSettings`] fields the backbone depends on: part of every stage's record."""
+STANDIN_FIELDS = (
+    "vocab_size d_model num_layers corpus_instance_fraction standin_random_texts standin_boundary_probability "
+    "standin_definition_fraction backbone_steps backbone_learning_rate"
+).split()
+"""The [`DemoSettings`] fields a shipped stand-in fixes (`DemoSettings.standin`): taken from its `shipped.json`."""
+SHIPPED_META = "shipped.json"
 STAGE2_SETTINGS = (
     "stage1_steps stage1_learning_rate stage2_steps lora_rank kl_temperature examples_per_task baseline_steps "
     "teacher_steps teacher_learning_rate"
@@ -199,6 +208,9 @@ class SyntheticRecipe:
     """
 
     def __init__(self, s: DemoSettings):
+        self.standin = _shipped_standin(s) if s.standin else None
+        if self.standin is not None:
+            s = replace(s, **{k: self.standin["settings"][k] for k in STANDIN_FIELDS})
         self.s = s
         self.timings: dict[str, float] = {}  # seconds per stage built by this recipe (not by an earlier run)
         self.out = Path(s.out)
@@ -206,15 +218,18 @@ class SyntheticRecipe:
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         # Extra instances per task stay unseen in training: twice `eval_instances_per_task`, the fit rows that are
-        # reported and, disjoint from them, the selection rows that probes choose settings on ([`fit_rows`]).
-        unseen = 2 * s.eval_instances_per_task
-        data_record = {"suite": SUITE_VERSION, "seed": s.seed, "instances_per_task": s.instances_per_task + unseen}
+        # reported and, disjoint from them, the selection rows that probes choose settings on ([`fit_rows`]). With a
+        # shipped stand-in the suite has the stand-in's shape, so that the unseen rows are rows it never saw either
+        # (the recipe's train rows are then the first `instances_per_task` of the stand-in's).
+        shape = self.standin["settings"] if self.standin is not None else asdict(s)
+        self.train_cut, unseen = shape["instances_per_task"], 2 * shape["eval_instances_per_task"]
+        data_record = {"suite": SUITE_VERSION, "seed": s.seed, "instances_per_task": self.train_cut + unseen}
         if stage_finished(self.out / "data") and not (self.out / "data" / STAGE_RECORD).exists():
             raise ValueError(
                 f"{self.out / 'data'} holds a synthetic suite written before the suite's {SUITE_VERSION} revision "
                 "(docs/synthetic-suite.md, Refinements): use another output folder, or pass overwrite."
             )
-        self.fit_rows_per_task = s.eval_instances_per_task  # the selection rows start after them, whatever comes
+        self.fit_rows_per_task = unseen // 2  # the selection rows start after them, whatever comes
         self.data_dir = self._stage(
             self.out / "data",
             lambda p: write_synthetic_suite(p, seed=s.seed, instances_per_task=data_record["instances_per_task"]),
@@ -224,17 +239,25 @@ class SyntheticRecipe:
             self.data_dir, max_train_instances_per_task=s.instances_per_task, seed=s.seed, splits=("train",)
         )["train"]
         self.corpus = demo_corpus(s)
-        tok_dir = self._stage(
-            self.out / "tokenizer", lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size)
-        )
+        if self.standin is None:
+            build_tokenizer = lambda p: _save_tokenizer(p, self.train, self.corpus, s.vocab_size)  # noqa: E731
+        else:
+            build_tokenizer = lambda p: _copy_tokenizer(p, s.standin)  # noqa: E731
+        tok_dir = self._stage(self.out / "tokenizer", build_tokenizer, self._standin_record())
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
 
     def _stage(self, path: Path, build: Callable[[Path], object], record: dict | None = None) -> Path:
         return _stage(path, build, self.timings, record)
 
+    def _standin_record(self) -> dict | None:
+        """What identifies a shipped stand-in in the stage records (None without one: records as before)."""
+        if self.standin is None:
+            return None
+        return {"standin": str(self.s.standin), "standin_commit": self.standin["commit"]}
+
     def _record(self, fields: tuple[str, ...], **extra) -> dict:
         """The settings a stage depends on (checked when it is reused), its backbone's included."""
-        return {k: getattr(self.s, k) for k in (*BACKBONE_SETTINGS, *fields)} | extra
+        return {k: getattr(self.s, k) for k in (*BACKBONE_SETTINGS, *fields)} | (self._standin_record() or {}) | extra
 
     def _work(self, name: str, record: dict) -> Path:
         """The checkpoint folder of stage `name`: checkpoints left there by a run with other settings are removed
@@ -252,6 +275,8 @@ class SyntheticRecipe:
         from .standin import instance_texts, pretrain_standin, standin_config
 
         s = self.s
+        if self.standin is not None:
+            return self._stage(self.out / "backbone", lambda p: _copy_standin(p, s.standin), self._record(()))
         config = standin_config(len(self.tokenizer), d_model=s.d_model, num_layers=s.num_layers)
         random_texts = synthetic_corpus(s.seed, s.standin_random_texts, instance_fraction=0.0)
         texts = instance_texts(self.train, s.seed, definition_fraction=s.standin_definition_fraction)
@@ -483,7 +508,7 @@ class SyntheticRecipe:
         s, selection = self.s, sample == "selection"
         return unseen_train_rows(
             self.data_dir,
-            max_train_instances_per_task=s.instances_per_task,
+            max_train_instances_per_task=self.train_cut,
             seed=s.seed,
             per_task=s.eval_instances_per_task,
             num_tasks=s.fit_tasks or None,
@@ -584,6 +609,52 @@ def train_demo_tokenizer(train: Dataset, corpus: list[str], vocab_size: int) -> 
         for r in train.select(range(0, len(train), 50))
     ]
     return train_tokenizer(texts, vocab_size=vocab_size)
+
+
+def standin_provenance(s: DemoSettings) -> dict:
+    """What a shipped stand-in's `shipped.json` must say of how it was trained, for [`DemoSettings.standin`] to
+    reuse it: the suite revision and the [`DemoSettings`] fields of its backbone (with its eval rows per task)."""
+    return {
+        "suite": SUITE_VERSION,
+        "settings": {k: getattr(s, k) for k in (*BACKBONE_SETTINGS, "eval_instances_per_task")},
+    }
+
+
+def _shipped_standin(s: DemoSettings) -> dict:
+    """The `shipped.json` of the stand-in `s.standin`, checked against the settings: the same suite revision and seed
+    (else the recipe's train tasks are not the ones it was trained on), and no more train or eval rows per task than
+    it had (the recipe's unseen rows must be unseen by the stand-in too)."""
+    meta_file = Path(s.standin) / SHIPPED_META
+    if not meta_file.is_file():
+        raise ValueError(
+            f"`standin={s.standin}` is not a shipped stand-in: no {SHIPPED_META} (written by "
+            "benchmarks/ship_checkpoints.py)."
+        )
+    meta = json.loads(meta_file.read_text())
+    shipped = meta["settings"]
+    problems = []
+    if meta.get("suite") != SUITE_VERSION:
+        problems.append(f"it was trained on suite revision {meta.get('suite')!r}, the recipe writes {SUITE_VERSION!r}")
+    if shipped["seed"] != s.seed:
+        problems.append(f"it was trained on the suite of seed {shipped['seed']}, the settings ask for seed {s.seed}")
+    for key in ("instances_per_task", "eval_instances_per_task"):
+        if getattr(s, key) > shipped[key]:
+            problems.append(f"`{key}` {getattr(s, key)} is above the stand-in's {shipped[key]}")
+    if problems:
+        raise ValueError(f"The stand-in {s.standin} does not fit these settings: " + "; ".join(problems) + ".")
+    return meta
+
+
+def _copy_tokenizer(path: Path, standin: str) -> None:
+    with atomic_directory(path) as tmp:
+        AutoTokenizer.from_pretrained(standin).save_pretrained(tmp)
+
+
+def _copy_standin(path: Path, standin: str) -> None:
+    """The shipped stand-in as the backbone stage, in float32 for training whatever dtype it ships in."""
+    with atomic_directory(path) as tmp:
+        T5ForConditionalGeneration.from_pretrained(standin, dtype=torch.float32).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(standin).save_pretrained(tmp)
 
 
 def _save_tokenizer(path: Path, train: Dataset, corpus: list[str], vocab_size: int) -> None:
