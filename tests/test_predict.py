@@ -269,6 +269,43 @@ def test_tagi_empty_mode_uses_the_adapter_generated_from_the_empty_text(loaded, 
         model.generate_adapter("", tokenizer)  # outside the evaluation control, an empty instruction is refused
 
 
+def test_given_adapters_are_decoded_with_instead_of_generated_ones(loaded, rows, monkeypatch):
+    """`adapters=`: the caller's adapters (made once, e.g. timed or saved) serve their tasks; none is generated."""
+    model, tokenizer, kind = loaded["tagi"]
+    subset = list(rows)[:3]
+    tasks = list(dict.fromkeys(r["task"] for r in subset))
+    other = model.generate_adapter(format_instruction("Reverse the order of the words."), tokenizer)
+    calls, _ = _spy_instructions(monkeypatch, model)
+    records = predict(model, tokenizer, subset, kind=kind, adapters=dict.fromkeys(tasks, other), batch_size=1, **GEN)
+    assert calls == []  # no adapter generated inside
+    for row, record in zip(subset, records):
+        ids = tokenizer(format_student_input(row["input"]), return_tensors="pt")
+        output = model.generate(**ids, adapter=other, max_new_tokens=6)
+        assert record["prediction"] == tokenizer.decode(output[0], skip_special_tokens=True).strip()
+    own = predict(model, tokenizer, subset, kind=kind, batch_size=1, **GEN)
+    assert [r["prediction"] for r in own] != [r["prediction"] for r in records]  # the given adapter was used
+    with pytest.raises(ValueError, match=r"no adapter for 1 task\(s\) of the dataset: \['" + tasks[-1]):
+        predict(model, tokenizer, subset, kind=kind, adapters=dict.fromkeys(tasks[:-1], other), **GEN)
+    t5, t5_tokenizer, t5_kind = loaded["t5"]
+    with pytest.raises(ValueError, match="`adapters` are for a TAGI model"):
+        predict(t5, t5_tokenizer, subset, kind=t5_kind, adapters=dict.fromkeys(tasks, other), **GEN)
+
+
+def test_generate_kwargs_reach_generate_over_the_defaults(loaded, rows):
+    """`generate_kwargs=` reach `generate`, over predict's defaults: 3 new tokens instead of 6 (greedy: the same
+    decoding, cut shorter; the tiny TAGI writes all 6)."""
+    model, tokenizer, kind = loaded["tagi"]
+    subset = list(rows)[:2]
+    free = predict(model, tokenizer, subset, kind=kind, batch_size=1, **GEN)
+    three = {"min_new_tokens": 3, "max_new_tokens": 3}
+    forced = predict(model, tokenizer, subset, kind=kind, batch_size=1, generate_kwargs=three, **GEN)
+    for a, b in zip(free, forced):
+        assert b["prediction"] and (
+            a["prediction"].startswith(b["prediction"]) or b["prediction"].startswith(a["prediction"])
+        )
+    assert [r["prediction"] for r in free] != [r["prediction"] for r in forced]
+
+
 def test_shuffled_is_a_seeded_derangement(rows):
     own = task_instructions(rows)
     first, again = (task_instructions(rows, instruction_mode="shuffled", seed=5) for _ in range(2))
