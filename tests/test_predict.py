@@ -18,7 +18,14 @@ from tagi_hf.data import (
 )
 from tagi_hf.evaluation.instruction_modes import GENERIC_DEFINITION, derangement, task_instructions
 from tagi_hf.evaluation.rank_classification import option_nll
-from tagi_hf.evaluation.runner import evaluate_model, load_for_evaluation, make_score_fn, predict, rank_classify_model
+from tagi_hf.evaluation.runner import (
+    evaluate_model,
+    load_for_evaluation,
+    make_score_fn,
+    predict,
+    prompt_ids,
+    rank_classify_model,
+)
 from tagi_hf.modeling.instructions import tokenize_instructions
 from tiny import tiny_text_config
 
@@ -230,6 +237,22 @@ def _spy_generate(monkeypatch, model) -> list[torch.Tensor]:
     fed, generate = [], model.generate
     monkeypatch.setattr(model, "generate", lambda **kwargs: fed.append(kwargs["input_ids"]) or generate(**kwargs))
     return fed
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("t5", "own"), ("t5", "empty"), ("tagi", "own")])
+def test_prompt_ids_are_what_predict_feeds(loaded, rows, monkeypatch, kind, mode):
+    """`prompt_ids` (to count prompt tokens) gives exactly the ids `predict` feeds: the instruction in context for a
+    plain model, the input alone for TAGI (its instruction goes through the adapter) and in the `empty` mode."""
+    model, tokenizer, kind = loaded[kind]
+    subset = list(rows)[:3]
+    instructions = task_instructions(subset, instruction_mode=mode)
+    fed = _spy_generate(monkeypatch, model)
+    predict(model, tokenizer, subset, kind=kind, instruction_mode=mode, batch_size=1, max_source_length=24, **QUICK)
+    text = {row["task"]: "" if kind == "tagi" else instructions[row["task"]] for row in subset}
+    expected = [prompt_ids(tokenizer, text[r["task"]], r["input"], max_source_length=24) for r in subset]
+    assert [ids[0].tolist() for ids in fed] == expected
+    if kind == "t5" and mode == "own":
+        assert all(len(ids) > 24 for ids in expected)  # the instruction is there, beyond the input's 24 tokens
 
 
 def test_t5_empty_mode_feeds_exactly_the_student_input(loaded64, suite, monkeypatch):

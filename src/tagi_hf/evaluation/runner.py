@@ -102,20 +102,24 @@ def _student_batch(tokenizer, inputs: Sequence[str], max_source_length: int, dev
     return {k: encoded[k].to(device) for k in ("input_ids", "attention_mask")}
 
 
-def _teacher_ids(tokenizer, instruction: str, input: str, max_instruction_length: int, max_source_length: int):
-    """Token ids of an in-context input; when too long, the instruction is cut, never the instance (as in
-    [`TagiDataCollator`], which trains the baseline). No instruction (`""`, the `empty` mode): the student input."""
+def prompt_ids(tokenizer, instruction: str, input: str, *, max_source_length: int = 512) -> list[int]:
+    """The token ids [`predict`] feeds a model for one instance (before padding), e.g. to count prompt tokens.
+
+    A plain model reads the instruction in context; when too long, the instruction is cut to
+    [`IN_CONTEXT_INSTRUCTION_LENGTH`] tokens, never the instance (as in [`TagiDataCollator`], which trains the
+    baseline). No instruction (`""`: a TAGI model, which reads its instruction through the adapter, or the `empty`
+    mode): the instance input alone in the student format.
+    """
     if not instruction:  # exactly the ids `_student_batch` gives a TAGI student, before padding
         return tokenizer(format_student_input(input), truncation=True, max_length=max_source_length)["input_ids"]
-    limit = max_instruction_length + max_source_length
+    limit = IN_CONTEXT_INSTRUCTION_LENGTH + max_source_length
     return in_context_ids(tokenizer, instruction, input, max_length=limit, max_input_length=max_source_length)
 
 
 def _teacher_batch(
     tokenizer, instructions: Sequence[str], inputs: Sequence[str], max_source_length: int, device
 ) -> dict[str, torch.Tensor]:
-    budget = IN_CONTEXT_INSTRUCTION_LENGTH
-    ids = [_teacher_ids(tokenizer, i, x, budget, max_source_length) for i, x in zip(instructions, inputs)]
+    ids = [prompt_ids(tokenizer, i, x, max_source_length=max_source_length) for i, x in zip(instructions, inputs)]
     padded = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
     return {k: padded[k].to(device) for k in ("input_ids", "attention_mask")}
 
