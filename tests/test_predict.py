@@ -18,7 +18,14 @@ from tagi_hf.data import (
 )
 from tagi_hf.evaluation.instruction_modes import GENERIC_DEFINITION, derangement, task_instructions
 from tagi_hf.evaluation.rank_classification import option_nll
-from tagi_hf.evaluation.runner import evaluate_model, load_for_evaluation, make_score_fn, predict, rank_classify_model
+from tagi_hf.evaluation.runner import (
+    evaluate_model,
+    load_for_evaluation,
+    make_score_fn,
+    predict,
+    prompt_ids,
+    rank_classify_model,
+)
 from tagi_hf.modeling.instructions import tokenize_instructions
 from tiny import tiny_text_config
 
@@ -232,6 +239,22 @@ def _spy_generate(monkeypatch, model) -> list[torch.Tensor]:
     return fed
 
 
+@pytest.mark.parametrize(("kind", "mode"), [("t5", "own"), ("t5", "empty"), ("tagi", "own")])
+def test_prompt_ids_are_what_predict_feeds(loaded, rows, monkeypatch, kind, mode):
+    """`prompt_ids` (to count prompt tokens) gives exactly the ids `predict` feeds: the instruction in context for a
+    plain model, the input alone for TAGI (its instruction goes through the adapter) and in the `empty` mode."""
+    model, tokenizer, kind = loaded[kind]
+    subset = list(rows)[:3]
+    instructions = task_instructions(subset, instruction_mode=mode)
+    fed = _spy_generate(monkeypatch, model)
+    predict(model, tokenizer, subset, kind=kind, instruction_mode=mode, batch_size=1, max_source_length=24, **QUICK)
+    text = {row["task"]: "" if kind == "tagi" else instructions[row["task"]] for row in subset}
+    expected = [prompt_ids(tokenizer, text[r["task"]], r["input"], max_source_length=24) for r in subset]
+    assert [ids[0].tolist() for ids in fed] == expected
+    if kind == "t5" and mode == "own":
+        assert all(len(ids) > 24 for ids in expected)  # the instruction is there, beyond the input's 24 tokens
+
+
 def test_t5_empty_mode_feeds_exactly_the_student_input(loaded64, suite, monkeypatch):
     model, tokenizer, kind = loaded64["t5"]
     subset = list(load_sni(suite, splits=("test",), max_test_instances_per_task=3)["test"].select(range(3)))
@@ -267,6 +290,43 @@ def test_tagi_empty_mode_uses_the_adapter_generated_from_the_empty_text(loaded, 
     assert [r["prediction"] for r in own] != [r["prediction"] for r in records]  # the instruction mattered
     with pytest.raises(ValueError, match="empty"):
         model.generate_adapter("", tokenizer)  # outside the evaluation control, an empty instruction is refused
+
+
+def test_given_adapters_are_decoded_with_instead_of_generated_ones(loaded, rows, monkeypatch):
+    """`adapters=`: the caller's adapters (made once, e.g. timed or saved) serve their tasks; none is generated."""
+    model, tokenizer, kind = loaded["tagi"]
+    subset = list(rows)[:3]
+    tasks = list(dict.fromkeys(r["task"] for r in subset))
+    other = model.generate_adapter(format_instruction("Reverse the order of the words."), tokenizer)
+    calls, _ = _spy_instructions(monkeypatch, model)
+    records = predict(model, tokenizer, subset, kind=kind, adapters=dict.fromkeys(tasks, other), batch_size=1, **GEN)
+    assert calls == []  # no adapter generated inside
+    for row, record in zip(subset, records):
+        ids = tokenizer(format_student_input(row["input"]), return_tensors="pt")
+        output = model.generate(**ids, adapter=other, max_new_tokens=6)
+        assert record["prediction"] == tokenizer.decode(output[0], skip_special_tokens=True).strip()
+    own = predict(model, tokenizer, subset, kind=kind, batch_size=1, **GEN)
+    assert [r["prediction"] for r in own] != [r["prediction"] for r in records]  # the given adapter was used
+    with pytest.raises(ValueError, match=r"no adapter for 1 task\(s\) of the dataset: \['" + tasks[-1]):
+        predict(model, tokenizer, subset, kind=kind, adapters=dict.fromkeys(tasks[:-1], other), **GEN)
+    t5, t5_tokenizer, t5_kind = loaded["t5"]
+    with pytest.raises(ValueError, match="`adapters` are for a TAGI model"):
+        predict(t5, t5_tokenizer, subset, kind=t5_kind, adapters=dict.fromkeys(tasks, other), **GEN)
+
+
+def test_generate_kwargs_reach_generate_over_the_defaults(loaded, rows):
+    """`generate_kwargs=` reach `generate`, over predict's defaults: 3 new tokens instead of 6 (greedy: the same
+    decoding, cut shorter; the tiny TAGI writes all 6)."""
+    model, tokenizer, kind = loaded["tagi"]
+    subset = list(rows)[:2]
+    free = predict(model, tokenizer, subset, kind=kind, batch_size=1, **GEN)
+    three = {"min_new_tokens": 3, "max_new_tokens": 3}
+    forced = predict(model, tokenizer, subset, kind=kind, batch_size=1, generate_kwargs=three, **GEN)
+    for a, b in zip(free, forced):
+        assert b["prediction"] and (
+            a["prediction"].startswith(b["prediction"]) or b["prediction"].startswith(a["prediction"])
+        )
+    assert [r["prediction"] for r in free] != [r["prediction"] for r in forced]
 
 
 def test_shuffled_is_a_seeded_derangement(rows):

@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 
 from tagi_hf import TagiForCausalLM
-from tagi_hf.data import TagiCausalDataCollator, format_instruction, format_student_input, in_context_ids, load_sni
+from tagi_hf.data import TagiCausalDataCollator, load_sni
 from tagi_hf.data.synthetic import write_synthetic_suite
-from tagi_hf.evaluation import compute_metrics
+from tagi_hf.evaluation import compute_metrics, predict, prompt_ids
+from tagi_hf.evaluation.instruction_modes import task_instructions
 from tagi_hf.modeling.file_utils import atomic_write_text
 from tagi_hf.recipes.smollm2 import load_smollm2
 from tagi_hf.training import TagiTrainer, TagiTrainingArguments
@@ -149,55 +150,60 @@ def train_tagi(out: Path, settings: Settings, train_rows: list[dict]) -> Path:
     return final
 
 
+# How each method reads a task: (`predict`'s model kind, instruction mode). The plain rows run the frozen LM itself.
+METHOD_MODES = {
+    "no_adapter": ("causal_lm", "empty"),  # the instance alone
+    "in_context_zero_shot": ("causal_lm", "own"),  # the instruction ("Def") in the prompt
+    "tagi": ("tagi", "own"),  # the instance alone, with the adapter generated from the instruction
+}
+MAX_SOURCE_LENGTH = 96  # tokens kept of an instance input
+
+
 @torch.no_grad()
-def evaluate(method: str, rows: list[dict], tokenizer, backbone=None, model=None, max_new_tokens: int = 20) -> dict:
-    """Greedy generation for `rows` with one of METHODS; returns metrics, timings and a few examples."""
-    tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
-    predictions, per_task_seconds, started = [], 0.0, time.time()
-    tasks = sorted({row["task"] for row in rows})
-    adapters = {}
-    if method == "tagi":
-        t0 = time.time()
-        instructions = [format_instruction(next(r for r in rows if r["task"] == t)["definition"]) for t in tasks]
-        adapters = dict(zip(tasks, model.generate_adapter(instructions, tokenizer=tokenizer)))
-        per_task_seconds = (time.time() - t0) / len(tasks)
-    prompt_tokens = 0
-    for start in range(0, len(rows), 8):
-        chunk = rows[start : start + 8]
-        if method == "in_context_zero_shot":
-            ids = [
-                in_context_ids(
-                    tokenizer,
-                    format_instruction(r["definition"]),
-                    r["input"],
-                    max_length=1024,
-                    max_input_length=96,
-                )
-                for r in chunk
-            ]
-        else:
-            ids = [tokenizer(format_student_input(r["input"]))["input_ids"] for r in chunk]
-        prompt_tokens += sum(map(len, ids))
-        batch = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
-        kwargs = dict(
-            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos
-        )
-        if method == "tagi":
-            out = model.generate(**batch, adapter=[adapters[r["task"]] for r in chunk], **kwargs)
-        else:
-            out = backbone.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        predictions += [text.strip().split("\n")[0].strip() for text in texts]
+def evaluate(method: str, rows: list[dict], tokenizer, model, max_new_tokens: int = 20, batch_size: int = 8) -> dict:
+    """Greedy generation for `rows` with one of METHODS, decoded by `evaluation.runner.predict` (the package's one
+    decoding path); returns metrics, timings and a few examples. TAGI's adapters are generated here, once per task,
+    to time that step apart (`seconds_per_task_once`), and handed to `predict`."""
+    kind, mode = METHOD_MODES[method]
+    instructions = task_instructions(rows, instruction_mode=mode)
+    adapters, per_task_seconds, started = None, 0.0, time.time()
+    if kind == "tagi":
+        tasks = list(instructions)
+        adapters = dict(zip(tasks, model.generate_adapter([instructions[t] for t in tasks], tokenizer=tokenizer)))
+        per_task_seconds = (time.time() - started) / len(tasks)
+    records = predict(
+        model if kind == "tagi" else model.backbone,
+        tokenizer,
+        rows,
+        kind=kind,
+        instruction_mode=mode,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        max_source_length=MAX_SOURCE_LENGTH,
+        adapters=adapters,
+        generate_kwargs={"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id},
+        show_progress=False,
+    )
     seconds = time.time() - started
+    prompt_tokens = sum(  # what `predict` fed: TAGI reads its instruction through the adapter, not the prompt
+        len(
+            prompt_ids(
+                tokenizer,
+                "" if kind == "tagi" else instructions[r["task"]],
+                r["input"],
+                max_source_length=MAX_SOURCE_LENGTH,
+            )
+        )
+        for r in rows
+    )
+    predictions = [record["prediction"] for record in records]
     metrics = compute_metrics(predictions, [r["outputs"] for r in rows], [r["task"] for r in rows])
     return {
         "rougeL": metrics["rougeL"],
         "exact_match": metrics["exact_match"],
         "n": len(rows),
-        "num_tasks": len(tasks),
-        "seconds_per_instance": (seconds - per_task_seconds * len(tasks)) / len(rows),
+        "num_tasks": len(instructions),
+        "seconds_per_instance": (seconds - per_task_seconds * len(instructions)) / len(rows),
         "seconds_per_task_once": per_task_seconds,
         "prompt_tokens_per_instance": prompt_tokens / len(rows),
         "examples": [
@@ -280,9 +286,9 @@ def main() -> None:
                     method,
                     rows,
                     tokenizer,
-                    backbone=model.backbone,
-                    model=model,
+                    model,
                     max_new_tokens=settings.max_new_tokens,
+                    batch_size=settings.batch_size,
                 )
                 cache.write_text(json.dumps(scored, indent=1))
             results[split][method] = json.loads(cache.read_text())

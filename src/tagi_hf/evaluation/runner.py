@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
 from ..data import IGNORE_INDEX, format_student_input, in_context_ids, load_sni, parse_setting
-from ..modeling import TagiConfig, TagiPreTrainedModel, tagi_class_for
+from ..modeling import GeneratedAdapter, TagiConfig, TagiPreTrainedModel, tagi_class_for
 from ..modeling.configuration_tagi import DECODER_ONLY_TYPES, ENCODER_DECODER_TYPES
 from ..modeling.file_utils import atomic_write_text
 from ..modeling.instructions import check_tokenizer
@@ -102,20 +102,24 @@ def _student_batch(tokenizer, inputs: Sequence[str], max_source_length: int, dev
     return {k: encoded[k].to(device) for k in ("input_ids", "attention_mask")}
 
 
-def _teacher_ids(tokenizer, instruction: str, input: str, max_instruction_length: int, max_source_length: int):
-    """Token ids of an in-context input; when too long, the instruction is cut, never the instance (as in
-    [`TagiDataCollator`], which trains the baseline). No instruction (`""`, the `empty` mode): the student input."""
+def prompt_ids(tokenizer, instruction: str, input: str, *, max_source_length: int = 512) -> list[int]:
+    """The token ids [`predict`] feeds a model for one instance (before padding), e.g. to count prompt tokens.
+
+    A plain model reads the instruction in context; when too long, the instruction is cut to
+    [`IN_CONTEXT_INSTRUCTION_LENGTH`] tokens, never the instance (as in [`TagiDataCollator`], which trains the
+    baseline). No instruction (`""`: a TAGI model, which reads its instruction through the adapter, or the `empty`
+    mode): the instance input alone in the student format.
+    """
     if not instruction:  # exactly the ids `_student_batch` gives a TAGI student, before padding
         return tokenizer(format_student_input(input), truncation=True, max_length=max_source_length)["input_ids"]
-    limit = max_instruction_length + max_source_length
+    limit = IN_CONTEXT_INSTRUCTION_LENGTH + max_source_length
     return in_context_ids(tokenizer, instruction, input, max_length=limit, max_input_length=max_source_length)
 
 
 def _teacher_batch(
     tokenizer, instructions: Sequence[str], inputs: Sequence[str], max_source_length: int, device
 ) -> dict[str, torch.Tensor]:
-    budget = IN_CONTEXT_INSTRUCTION_LENGTH
-    ids = [_teacher_ids(tokenizer, i, x, budget, max_source_length) for i, x in zip(instructions, inputs)]
+    ids = [prompt_ids(tokenizer, i, x, max_source_length=max_source_length) for i, x in zip(instructions, inputs)]
     padded = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
     return {k: padded[k].to(device) for k in ("input_ids", "attention_mask")}
 
@@ -135,6 +139,8 @@ def predict(
     seed: int = 0,
     max_source_length: int = 512,
     show_progress: bool = True,
+    adapters: Mapping[str, GeneratedAdapter] | None = None,
+    generate_kwargs: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """
     Generate a prediction for every row of an SNI-layout split ([`load_sni`] columns), greedy by default.
@@ -149,6 +155,10 @@ def predict(
             `seed` seeds the shuffle.
         max_source_length (`int`): tokens kept of the instance input; an in-context T5 input holds up to
             [`IN_CONTEXT_INSTRUCTION_LENGTH`] more tokens of instruction, cut first when too long.
+        adapters (`dict[str, GeneratedAdapter]`, *optional*): TAGI only: each task's adapter, made by the caller
+            (e.g. timed, or saved); by default they are generated here from the tasks' instructions.
+        generate_kwargs (`dict`, *optional*): more arguments for `generate`, over the defaults (e.g. a decoder-only
+            LM's `pad_token_id` / `eos_token_id` when its generation config lacks them).
 
     Returns:
         `list[dict]`: one dict per row, in dataset order: `id`, `task`, `category`, `prediction`, `references`.
@@ -162,9 +172,21 @@ def predict(
     rows = list(dataset)
     instructions = task_instructions(rows, setting=setting, instruction_mode=instruction_mode, seed=seed)
     by_task = _indices_by_task(rows)
-    adapters = _task_adapters(model, tokenizer, instructions, batch_size) if kind == "tagi" else {}
+    if adapters is not None:
+        if kind != "tagi":
+            raise ValueError(f"`adapters` are for a TAGI model (kind 'tagi'), got kind {kind!r}.")
+        missing = [task for task in by_task if task not in adapters]
+        if missing:
+            raise ValueError(f"`adapters` has no adapter for {len(missing)} task(s) of the dataset: {missing[:4]}.")
+    elif kind == "tagi":
+        adapters = _task_adapters(model, tokenizer, instructions, batch_size)
     predictions: list[str] = [""] * len(rows)
-    generation = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+    generation = {
+        "max_new_tokens": max_new_tokens,
+        "num_beams": num_beams,
+        "do_sample": False,
+        **(generate_kwargs or {}),
+    }
     with tqdm(total=len(rows), desc="Generating", unit="inst", disable=not show_progress) as bar:
         for task, indices in by_task.items():
             # TAGI: the task's adapter and fusion state are computed once and reused by every batch of the task.

@@ -66,7 +66,15 @@ class TagiConfig(PretrainedConfig):
         fusion_num_heads (`int`, *optional*):
             Heads of the fusion cross-attention. Defaults to the backbone's number of attention heads.
         base_model_name_or_path (`str`, *optional*):
-            Name or path of the backbone checkpoint; written into exported PEFT adapters.
+            Name or path of the backbone checkpoint; written into exported PEFT adapters, and what a generator-only
+            checkpoint loads its backbone from.
+        backbone_kwargs (`dict`, *optional*):
+            The keyword arguments the backbone was loaded with (`TagiPreTrainedModel.from_backbone`), e.g.
+            `{"gguf_file": ...}`: a generator-only checkpoint loads its backbone with them.
+        backbone_in_checkpoint (`bool`, defaults to `True`):
+            Whether the saved weights hold the backbone. `False` for a generator-only checkpoint
+            (`save_pretrained(path, save_backbone=False)`): `from_pretrained` loads the backbone named by
+            `base_model_name_or_path` (with `backbone_kwargs`) and puts the saved parts around it.
 
     Example:
 
@@ -97,6 +105,8 @@ class TagiConfig(PretrainedConfig):
     pooling_num_heads: int | None = None
     fusion_num_heads: int | None = None
     base_model_name_or_path: str | None = None
+    backbone_kwargs: dict | None = None
+    backbone_in_checkpoint: bool = True
     is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs):
@@ -135,6 +145,8 @@ class TagiConfig(PretrainedConfig):
         _check_subset("lora_target_modules", self.lora_target_modules, PROJECTIONS)
         kinds = ATTENTION_KINDS if self.is_encoder_decoder else ("decoder_self",)
         _check_subset("lora_attention_kinds", self.lora_attention_kinds, kinds)
+        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
+            raise ValueError(f"`backbone_kwargs` must be a dict, got {type(self.backbone_kwargs).__name__}.")
         if self.max_instruction_length <= 0:
             raise ValueError(f"`max_instruction_length` must be positive, got {self.max_instruction_length!r}.")
         for name in ("fusion_num_heads", "pooling_num_heads"):

@@ -11,6 +11,7 @@ decoder-only" itself.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -25,6 +26,12 @@ from .adapter import GeneratedAdapter, fresh_cpu_copy
 from .configuration_tagi import TagiConfig
 from .fusion import DecoderFusionGates, FusionLayer
 from .generator import AdapterGenerator, AttentionPooling, masked_mean
+from .generator_only import (
+    generator_only_state_dict,
+    load_generator_only,
+    names_its_backbone,
+    recordable_backbone_kwargs,
+)
 from .instructions import check_tokenizer, tokenize_instructions, truncate_instruction_ids
 from .lora import install_lora_layers, lora_targets
 from .task_state import (
@@ -147,12 +154,33 @@ class TagiPreTrainedModel(PreTrainedModel):
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> TagiPreTrainedModel:
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *args,
+        backbone_name_or_path: str | os.PathLike | None = None,
+        backbone_kwargs: dict | None = None,
+        **kwargs,
+    ) -> TagiPreTrainedModel:
         """Loads a saved TAGI model; the backbone comes back frozen (loading would otherwise make it trainable).
 
         A model saved without a separate instruction encoder and loaded with `instruction_encoder="separate"` gets
         one copied from its backbone's instruction reader (a stage-1 model can start a stage 2 with the new generator).
+
+        A generator-only checkpoint (`save_pretrained(path, save_backbone=False)`) names its backbone instead of
+        holding it: the backbone is loaded from `config.base_model_name_or_path` with `config.backbone_kwargs`, or
+        from `backbone_name_or_path` (e.g. a local copy) with `backbone_kwargs` merged over the saved ones (e.g.
+        `{"gguf_file": ...}`), checked against the saved config, and the saved parts are put around it.
         """
+        if names_its_backbone(pretrained_model_name_or_path, kwargs):
+            return load_generator_only(
+                cls, pretrained_model_name_or_path, args, kwargs, backbone_name_or_path, backbone_kwargs
+            )
+        if backbone_name_or_path is not None or backbone_kwargs is not None:
+            raise ValueError(
+                f"`{pretrained_model_name_or_path}` holds its backbone: `backbone_name_or_path` and `backbone_kwargs` "
+                "apply to generator-only checkpoints (saved with `save_backbone=False`)."
+            )
         wants_info = kwargs.pop("output_loading_info", False)
         try:
             model, info = super().from_pretrained(
@@ -171,17 +199,38 @@ class TagiPreTrainedModel(PreTrainedModel):
         model.set_trainable()
         return (model, info) if wants_info else model
 
+    def save_pretrained(self, save_directory, *args, save_backbone: bool = True, **kwargs) -> None:
+        """Saves the model as transformers does (config, safetensors weights, the remote-code bundle).
+
+        `save_backbone=False` writes a generator-only checkpoint: the generator, fusion and instruction encoder, and
+        a config naming the frozen backbone (`base_model_name_or_path`, loaded with `backbone_kwargs`), as a PEFT
+        adapter names its base model; [`~TagiPreTrainedModel.from_pretrained`] loads the backbone and puts them back
+        together.
+        """
+        if not save_backbone:
+            if kwargs.get("state_dict") is not None:
+                raise TypeError("`save_backbone=False` chooses the weights itself: pass no `state_dict`.")
+            kwargs["state_dict"] = generator_only_state_dict(self)
+        before = self.config.backbone_in_checkpoint
+        self.config.backbone_in_checkpoint = save_backbone
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.backbone_in_checkpoint = before
+
     @classmethod
     def from_backbone(
         cls, name_or_path: str, *, backbone_kwargs: dict | None = None, **config_kwargs
     ) -> TagiPreTrainedModel:
         """Builds a TAGI model (fresh generator and fusion) around a pretrained checkpoint (dir or Hub id), frozen.
 
-        `backbone_kwargs` reach the backbone's `from_pretrained` (e.g. `{"gguf_file": ...}`, `{"dtype": ...}`).
+        `backbone_kwargs` reach the backbone's `from_pretrained` (e.g. `{"gguf_file": ...}`, `{"dtype": ...}`) and
+        are recorded in the config (`backbone_kwargs`), so a generator-only checkpoint loads the backbone the same way.
         Example: `TagiModel.from_backbone("google/t5-base-lm-adapt", lora_rank=32)`.
         """
         backbone = cls.backbone_auto_class.from_pretrained(name_or_path, **(backbone_kwargs or {}))
         config_kwargs.setdefault("base_model_name_or_path", str(name_or_path))
+        config_kwargs.setdefault("backbone_kwargs", recordable_backbone_kwargs(backbone_kwargs))
         config = TagiConfig(text_config=backbone.config, **config_kwargs)
         return cls(config, backbone=backbone)
 
