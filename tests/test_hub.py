@@ -153,6 +153,25 @@ def test_adapter_push_is_one_commit_that_peft_loads(hub_env, tmp_path):
     assert f'PeftModel.from_pretrained(base, "{REPO}")' in card.text
 
 
+def test_adapter_push_to_hub_is_the_packages_push(hub_env, monkeypatch):
+    from tagi_hf.modeling import adapter as adapter_module
+
+    model, (adapter, *_) = generated("none")
+    push_backbone(model)
+    adapter.push_to_hub(REPO, generator_repo=GEN, commit_message="as PEFT users push")
+    push_adapter_to_hub(adapter, "test-user/direct", generator_repo=GEN)
+    [commit] = hub_env.commits(REPO)
+    assert commit.message == "as PEFT users push"
+    direct, pushed = hub_env.files("test-user/direct"), hub_env.files(REPO)
+    assert set(pushed) == set(direct) and pushed["adapter_model.safetensors"] == direct["adapter_model.safetensors"]
+    assert pushed["README.md"] == direct["README.md"].replace(b"test-user/direct", REPO.encode())
+
+    monkeypatch.setattr(adapter_module, "_ADAPTER_PUSHER", None)  # a remote-code process without the package
+    with pytest.raises(ImportError, match=r"needs the tagi-hf package .*`adapter.save_pretrained\(path\)` works"):
+        adapter.push_to_hub("test-user/other")
+    assert ("model", "test-user/other") not in hub_env.repos  # refused before any request
+
+
 def test_many_adapters_in_one_commit_each_loads_from_its_subfolder(hub_env):
     model, adapters = generated("cross_attention")
     push_backbone(model)

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from . import _compat
 from .modeling import GeneratedAdapter, TagiConfig, TagiForCausalLM, TagiModel, TagiPreTrainedModel, TaskState
+from .modeling.adapter import register_adapter_pusher
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,13 @@ TagiModel.register_for_auto_class(TagiModel.auto_class_name)
 AutoModelForCausalLM.register(TagiConfig, TagiForCausalLM, exist_ok=True)
 TagiForCausalLM.register_for_auto_class(TagiForCausalLM.auto_class_name)
 _compat.install()
+
+
+def _push_adapter(adapter, repo_id, **kwargs):  # imported on first push: hub code is not needed to load a model
+    return importlib.import_module("tagi_hf.hub").push_adapter_to_hub(adapter, repo_id, **kwargs)
+
+
+register_adapter_pusher(_push_adapter)
 
 # Imported on first use (they pull in `transformers.Trainer` and `datasets`): `from tagi_hf import TagiTrainer`.
 _LAZY = {

@@ -6,9 +6,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig, PeftModel, set_peft_model_state_dict
@@ -155,6 +156,20 @@ class GeneratedAdapter:
             (tmp / PROVENANCE).write_text(json.dumps(self._provenance(), indent=2, sort_keys=True) + "\n")
             (tmp / "README.md").write_text(card, encoding="utf-8", newline="")
 
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Pushes the adapter as a PEFT LoRA repository (card, provenance, one commit), as `PeftModel.push_to_hub`
+        does: `tagi_hf.hub.push_adapter_to_hub(self, repo_id, **kwargs)`, which documents the arguments.
+
+        The model folder never imports the Hub code: the tagi-hf package registers it ([`register_adapter_pusher`]).
+        A process that loaded the model as remote code without the package can save adapters but not push them.
+        """
+        if _ADAPTER_PUSHER is None:
+            raise ImportError(
+                "Pushing a generated adapter needs the tagi-hf package (`pip install tagi-hf`, then "
+                "`import tagi_hf`); `adapter.save_pretrained(path)` works without it."
+            )
+        return _ADAPTER_PUSHER(self, repo_id, **kwargs)
+
     def _provenance(self) -> dict:
         return {
             "instruction": self.instruction,
@@ -207,6 +222,16 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except SafetensorError as error:
         raise ValueError(f"`{path}` is not a valid safetensors file (truncated or corrupted?): {error}") from error
     return {name: fresh_cpu_copy(tensor) for name, tensor in mapped.items()}
+
+
+_ADAPTER_PUSHER: Callable[..., Any] | None = None
+
+
+def register_adapter_pusher(pusher: Callable[..., Any] | None) -> None:
+    """Sets what [`GeneratedAdapter.push_to_hub`] calls (`tagi_hf` registers `tagi_hf.hub.push_adapter_to_hub` on
+    import; `None` unsets it). The dependency points from the package to the model folder, never back."""
+    global _ADAPTER_PUSHER
+    _ADAPTER_PUSHER = pusher
 
 
 def fresh_cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
