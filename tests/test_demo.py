@@ -58,6 +58,7 @@ def test_demo_runs_every_stage_and_writes_its_table_and_metrics(demo, capsys):
     assert demo_part["instruction"] == DEMO_INSTRUCTION and len(demo_part["examples"]) == 5
     assert "owl" in DEMO_INSTRUCTION  # a held-out parameter word
     assert demo_part["examples"][1]["expected"] == "apple owl boat owl"
+    assert all(r["expected"] != r["input"] for r in demo_part["examples"])  # the instruction changes every input
     matches = sum(r["output"] == r["expected"] for r in demo_part["examples"])
     assert demo_part["exact_match"] == 100.0 * matches / 5
     assert "| input | prediction | expected |" in printed

@@ -669,7 +669,9 @@ def _headline(metrics: dict) -> dict:
 DEMO_OPS = (("replace", "cat", "owl"),)
 # `owl` is a held-out word: no train task uses it as a parameter, so only the instruction can name it.
 DEMO_INSTRUCTION = "In this task you are given a list of words separated by spaces. Replace every cat with owl."
-DEMO_INPUTS = ("cat dog sun", "apple cat boat cat", "bird moon cat", "fish cup", "cat cat kite drum rose")
+# Each input holds a cat, so the instruction changes every one of them (an unchanged input would be scored right by a
+# model that copies its input).
+DEMO_INPUTS = ("cat dog sun", "apple cat boat cat", "bird moon cat", "fish cat cup", "cat cat kite drum rose")
 
 
 def _adapter_demo(model_dir: Path, adapter_dir: Path) -> dict:
