@@ -78,8 +78,9 @@ def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
-def ship_standin(out: str) -> Path:
-    settings = DemoSettings(out=out, **BENCHMARK_SETTINGS)
+def ship_standin(settings: DemoSettings, target: Path | None = None) -> Path:
+    """Builds (or reuses) the stand-in stage of `settings` and writes its shipped folder to `target` (default:
+    `model_cards/tagi-synthetic-standin`)."""
     recipe = SyntheticRecipe(settings)
     stage = recipe.backbone()
     cost_file = stage / STAGE_COST
@@ -88,7 +89,9 @@ def ship_standin(out: str) -> Path:
     cost = json.loads(cost_file.read_text())
     tokenizer = AutoTokenizer.from_pretrained(stage)
     fit_rows = recipe.fit_rows()
-    dev_rows = list(load_sni(recipe.data_dir, splits=("dev",), max_test_instances_per_task=20)["dev"])
+    dev_rows = list(
+        load_sni(recipe.data_dir, splits=("dev",), max_test_instances_per_task=settings.eval_instances_per_task)["dev"]
+    )
     fit_rows = list(fit_rows)
 
     scores = {}
@@ -101,7 +104,7 @@ def ship_standin(out: str) -> Path:
         for row in ("definition in context", "no instruction")
     )
     dtype = "bfloat16" if unchanged else "float32"
-    target = ROOT / "model_cards" / STANDIN
+    target = Path(target or ROOT / "model_cards" / STANDIN)
     model = T5ForConditionalGeneration.from_pretrained(stage, dtype=getattr(torch, dtype))
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp)
@@ -208,7 +211,7 @@ def main() -> None:
     parser.add_argument("what", choices=["standin"])
     parser.add_argument("--out", default="runs/benchmark", help="The benchmark's work folder (stages are reused).")
     args = parser.parse_args()
-    print(ship_standin(args.out))
+    print(ship_standin(DemoSettings(out=args.out, **BENCHMARK_SETTINGS)))
 
 
 if __name__ == "__main__":
