@@ -173,7 +173,8 @@ def standin_card(meta: dict) -> str:
         f"`{meta['command']}` (commit `{meta['commit'][:10]}`), the benchmark's stand-in stage with its settings "
         f"(`benchmarks/quality.py`: {meta['settings']['backbone_steps']:,} steps at batch "
         f"{meta['settings']['batch_size']}, learning rate {meta['settings']['backbone_learning_rate']:g}). "
-        f"It took {cost['seconds'] / 60:.1f} min, finished {cost['finished']}, on {machine['platform']} "
+        f"It took {cost['seconds'] / 60:.1f} min, finished {cost['finished']}, on {machine.get('cpu', '?')}, "
+        f"{machine['platform']} "
         f"({machine['cpu_cores']} cores, {machine['torch_threads']} torch threads, {machine['device']}, "
         f"torch {machine['torch']}).",
         "",
