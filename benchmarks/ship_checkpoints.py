@@ -55,22 +55,20 @@ def copying(rows) -> dict:
     return {k: head[k] for k in ("rougeL", "exact_match", "n")}
 
 
+def split_scores(model, tokenizer, rows, *, copy: bool = True) -> dict:
+    """The rows of one table: the definition in context, no instruction and (`copy`) copying the input."""
+    scores = {
+        "definition in context": score(model, tokenizer, rows, "own"),
+        "no instruction": score(model, tokenizer, rows, "empty"),
+    }
+    return scores | ({"copy the input": copying(rows)} if copy else {})
+
+
 def standin_scores(model, tokenizer, fit_rows, dev_rows) -> dict:
     return {
-        "train_tasks_unseen_instances": {
-            "definition in context": score(model, tokenizer, fit_rows, "own"),
-            "no instruction": score(model, tokenizer, fit_rows, "empty"),
-            "copy the input": copying(fit_rows),
-        },
-        "dev": {
-            "definition in context": score(model, tokenizer, dev_rows, "own"),
-            "no instruction": score(model, tokenizer, dev_rows, "empty"),
-            "copy the input": copying(dev_rows),
-        },
-        "fixed_sample": {
-            "definition in context": score(model, tokenizer, fit_rows[:SAMPLE_ROWS], "own"),
-            "no instruction": score(model, tokenizer, fit_rows[:SAMPLE_ROWS], "empty"),
-        },
+        "train_tasks_unseen_instances": split_scores(model, tokenizer, fit_rows),
+        "dev": split_scores(model, tokenizer, dev_rows),
+        "fixed_sample": split_scores(model, tokenizer, fit_rows[:SAMPLE_ROWS], copy=False),
     }
 
 
@@ -88,11 +86,10 @@ def ship_standin(settings: DemoSettings, target: Path | None = None) -> Path:
         raise SystemExit(f"{stage} has no {STAGE_COST} (built by an older version): rebuild it with --overwrite.")
     cost = json.loads(cost_file.read_text())
     tokenizer = AutoTokenizer.from_pretrained(stage)
-    fit_rows = recipe.fit_rows()
+    fit_rows = list(recipe.fit_rows())
     dev_rows = list(
         load_sni(recipe.data_dir, splits=("dev",), max_test_instances_per_task=settings.eval_instances_per_task)["dev"]
     )
-    fit_rows = list(fit_rows)
 
     scores = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -135,10 +132,15 @@ def _row(name: str, s: dict) -> str:
     return f"| {name} | {s['exact_match']:.1f} | {s['rougeL']:.1f} | {s['n']} |"
 
 
+def _table(title: str, scores: dict) -> list[str]:
+    rows = [_row(name, scores[name]) for name in ("definition in context", "no instruction")]
+    rows.append(_row("copy the input (no model)", scores["copy the input"]))
+    return [title, "", "| input | EM | ROUGE-L | n |", "|---|---:|---:|---:|", *rows, ""]
+
+
 def standin_card(meta: dict) -> str:
     s = meta["scores"][meta["dtype"]]
     cost, machine = meta["cost"], meta["cost"]["machine"]
-    fit, dev = s["train_tasks_unseen_instances"], s["dev"]
     lines = [
         "---",
         "library_name: transformers",
@@ -184,22 +186,8 @@ def standin_card(meta: dict) -> str:
         "",
         "Greedy decoding, at most 32 new tokens, exact match / ROUGE-L (%). Never the test split.",
         "",
-        "Unseen instances of train tasks (the benchmark's fit rows):",
-        "",
-        "| input | EM | ROUGE-L | n |",
-        "|---|---:|---:|---:|",
-        _row("definition in context", fit["definition in context"]),
-        _row("no instruction", fit["no instruction"]),
-        _row("copy the input (no model)", fit["copy the input"]),
-        "",
-        "Dev split (held-out tasks, used to choose settings):",
-        "",
-        "| input | EM | ROUGE-L | n |",
-        "|---|---:|---:|---:|",
-        _row("definition in context", dev["definition in context"]),
-        _row("no instruction", dev["no instruction"]),
-        _row("copy the input (no model)", dev["copy the input"]),
-        "",
+        *_table("Unseen instances of train tasks (the benchmark's fit rows):", s["train_tasks_unseen_instances"]),
+        *_table("Dev split (held-out tasks, used to choose settings):", s["dev"]),
         f"All dtypes and the fixed sample that `tests/test_shipped_checkpoints.py` rescores (the first "
         f"{len(meta['sample']['rows'])} fit rows, stored there) are in `shipped.json`.",
         "",
