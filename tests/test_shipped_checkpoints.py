@@ -21,6 +21,8 @@ from tagi_hf.evaluation.fit import summarise_predictions
 from tagi_hf.evaluation.runner import predict
 
 CARDS = Path(__file__).resolve().parents[1] / "model_cards"
+STANDIN_ROWS = {"definition in context": "own", "no instruction": "empty"}  # as benchmarks/ship_checkpoints.py
+TAGI_ROWS = {"own instruction": "own", "another task's instruction": "shuffled"}
 SHIPPED = sorted(p.parent for p in CARDS.glob("*/shipped.json"))
 EM_ROWS_TOLERANCE, ROUGE_TOLERANCE = 2, 3.0
 
@@ -39,21 +41,43 @@ def test_a_shipped_checkpoint_loads_generates_an_adapter_and_scores_as_its_card_
     check_shipped(folder)
 
 
+def _ship_module():
+    import sys
+
+    sys.path.insert(0, str(CARDS.parent / "benchmarks"))
+    import ship_checkpoints
+
+    return ship_checkpoints
+
+
 def test_the_ship_command_writes_a_folder_that_passes_these_checks(tmp_path):
     """`benchmarks/ship_checkpoints.py`'s export, on a tiny stand-in built by the recipe (the real one trains for an
     hour): the folder it writes is the one the checks above read, and its stored scores are reproduced."""
-    import sys
     from dataclasses import replace
-
-    sys.path.insert(0, str(CARDS.parent / "benchmarks"))
-    from ship_checkpoints import ship_standin
 
     from test_recipe_standin import TINY
 
-    folder = ship_standin(replace(TINY, out=str(tmp_path / "run")), tmp_path / "shipped")
+    folder = _ship_module().ship_standin(replace(TINY, out=str(tmp_path / "run")), tmp_path / "shipped")
     meta = json.loads((folder / "shipped.json").read_text())
     assert meta["cost"]["seconds"] >= 0 and meta["settings"]["d_model"] == TINY.d_model and meta["suite"]
     assert meta["dtype"] in ("float32", "bfloat16") and len(meta["sample"]["rows"]) == 64
+    check_shipped(folder)
+
+
+def test_the_ship_command_writes_a_tagi_folder_that_passes_these_checks(tmp_path):
+    """The same for the TAGI model, on a tiny recipe run through every stage (FT, teachers, stage 1, stage 2): the
+    card sums the cost of the stages it names, and without a headline file it quotes no test score."""
+    from dataclasses import replace
+
+    from test_recipe_standin import TINY
+
+    ship = _ship_module()
+    tiny = replace(TINY, out=str(tmp_path / "run"), baseline_steps=2, teacher_steps=2, stage1_steps=2, stage2_steps=2)
+    folder = ship.ship_tagi(tiny, tmp_path / "shipped", results=None)
+    meta = json.loads((folder / "shipped.json").read_text())
+    assert meta["kind"] == "tagi" and meta["test"] is None and meta["recipe"]["stage2_steps"] == 2
+    assert list(meta["cost"]["stages"]) == list(ship.TAGI_STAGES)
+    assert meta["cost"]["seconds"] == sum(c["seconds"] for c in meta["cost"]["stages"].values())
     check_shipped(folder)
 
 
@@ -62,16 +86,22 @@ def check_shipped(folder):
     card = (folder / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: transformers" in card and meta["command"] in card
     assert not list(folder.glob("*.bin")) and (folder / "model.safetensors").is_file()
-    fit = meta["scores"][meta["dtype"]]["train_tasks_unseen_instances"]["definition in context"]
-    assert f"| definition in context | {fit['exact_match']:.1f} | {fit['rougeL']:.1f} | {fit['n']} |" in card
+    kind = meta.get("kind", "t5")  # the stand-in was shipped before the field existed
+    tagi_kind = kind == "tagi"
+    rows = TAGI_ROWS if tagi_kind else STANDIN_ROWS
+    first = next(iter(rows))
+    fit = meta["scores"][meta["dtype"]]["train_tasks_unseen_instances"][first]
+    assert f"| {first} | {fit['exact_match']:.1f} | {fit['rougeL']:.1f} | {fit['n']} |" in card
 
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.dtype == getattr(torch, meta["dtype"])
+    assert isinstance(model, TagiModel) == tagi_kind
 
-    tagi = TagiModel.from_backbone(str(folder), lora_rank=4, fusion="none").eval()
+    tagi = model if tagi_kind else TagiModel.from_backbone(str(folder), lora_rank=4, fusion="none").eval()
     adapter = tagi.generate_adapter("Reverse the order of the words.", tokenizer)
-    assert adapter.lora_factors and all(a.shape[0] == 4 for a, _ in adapter.lora_factors.values())
+    rank = tagi.config.lora_rank
+    assert adapter.lora_factors and all(a.shape[0] == rank for a, _ in adapter.lora_factors.values())
     batch = tokenizer(["Input: cat dog.\nOutput: "], return_tensors="pt")
     with torch.no_grad():
         assert tagi.generate(**batch, adapter=adapter, max_new_tokens=4).shape[0] == 1
@@ -79,10 +109,10 @@ def check_shipped(folder):
     sample = meta["sample"]
     expected = meta["scores"][meta["dtype"]]["fixed_sample"]
     n = len(sample["rows"])
-    for mode, key in (("own", "definition in context"), ("empty", "no instruction")):
+    for key, mode in rows.items():
         limit = sample["max_new_tokens"]
-        records = predict(model, tokenizer, sample["rows"], kind="t5", setting=sample["setting"], batch_size=64,
-                          max_new_tokens=limit, instruction_mode=mode, show_progress=False)  # fmt: skip
+        records = predict(model, tokenizer, sample["rows"], kind=kind, setting=sample["setting"],
+                          batch_size=64, max_new_tokens=limit, instruction_mode=mode, show_progress=False)  # fmt: skip
         got = summarise_predictions(records, tokenizer, limit)
         assert got["n"] == expected[key]["n"] == n
         assert abs(got["exact_match"] - expected[key]["exact_match"]) <= 100 * EM_ROWS_TOLERANCE / n + 1e-9, key
