@@ -9,7 +9,8 @@ import pytest
 from tagi_hf.cli.main import main
 from tagi_hf.data.synthetic import OPERATIONS
 from tagi_hf.modeling.adapter import GeneratedAdapter
-from tagi_hf.recipes.synthetic import DEMO_INSTRUCTION
+from tagi_hf.data.synthetic import build_synthetic_tasks, chain_output
+from tagi_hf.recipes.synthetic import DEMO_INPUTS, DEMO_INSTRUCTION, DEMO_OPS, DEMO_TARGETS, DEMO_TASK
 
 TINY = {"--instances-per-task": 2, "--eval-instances-per-task": 1, "--vocab-size": 300, "--d-model": 16,
         "--num-layers": 1, "--backbone-steps": 2, "--baseline-steps": 2, "--teacher-steps": 2, "--stage1-steps": 2,
@@ -34,16 +35,26 @@ def test_demo_runs_every_stage_and_writes_its_table_and_metrics(demo, capsys):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == STAGES
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["results"]) == {"baseline (instruction in context)", "TAGI"}
+    rows = {"baseline (instruction in context)", "TAGI", "TAGI, another task's instruction", "copy the input"}
+    assert set(metrics["results"]) == rows
     for scores in metrics["results"].values():
         assert scores["n"] == 45  # one instance of each of the 45 held-out test tasks (seed 0)
         assert 0 <= scores["exact_match_strict"] <= scores["exact_match"] <= 100 and 0 <= scores["rougeL"] <= 100
     fit = metrics["train_tasks_unseen_instances"]
-    assert set(fit) == {"baseline (instruction in context)", "TAGI", "LoRA teachers (own task each)"}
+    assert set(fit) == rows | {"LoRA teachers (own task each)"}
     for scores in fit.values():  # one unseen instance of each sampled train task (instance 2: 0-1 were trained on)
         assert scores["n"] == 60 and 0 <= scores["exact_match"] <= 100 and 0 <= scores["ran_to_limit"] <= 60
         assert set(scores["by_operation"]) <= set(OPERATIONS) and len(scores["by_operation"]) >= 10
-    assert "| LoRA teachers (own task each) |" in printed
+    assert "| LoRA teachers (own task each) |" in printed and "| copy the input |" in printed
+    # The copy row is computed, not assumed: the held-out test instances are all changed by their task (issue 24).
+    assert metrics["results"]["copy the input"]["exact_match"] == 0.0
+    targets = metrics["targets"]
+    assert set(targets) == set(DEMO_TARGETS)
+    other = fit["TAGI"]["exact_match"] - fit["TAGI, another task's instruction"]["exact_match"]
+    assert targets["fit_drop_other_instruction"]["measured"] == pytest.approx(other)
+    assert targets["fit_exact_match"] == {"target": 80.0, "measured": fit["TAGI"]["exact_match"],
+                                          "met": fit["TAGI"]["exact_match"] >= 80.0}  # fmt: skip
+    assert "| TAGI, EM on unseen instances of train tasks >= 80 |" in printed
     assert metrics["settings"]["d_model"] == 16 and metrics["settings"]["stage2_steps"] == 2
     assert set(metrics["stage_seconds"]) == {"data", "tokenizer", "backbone", "baseline", "teachers", "tagi-stage1",
                                              "tagi"}  # fmt: skip
@@ -56,13 +67,12 @@ def test_demo_runs_every_stage_and_writes_its_table_and_metrics(demo, capsys):
 
     demo_part = metrics["adapter_demo"]
     assert demo_part["instruction"] == DEMO_INSTRUCTION and len(demo_part["examples"]) == 5
-    assert "owl" in DEMO_INSTRUCTION  # a held-out parameter word
-    assert demo_part["examples"][1]["expected"] == "apple owl boat owl"
+    assert [r["expected"] for r in demo_part["examples"]] == [chain_output(DEMO_OPS, x) for x in DEMO_INPUTS]
     assert all(r["expected"] != r["input"] for r in demo_part["examples"])  # the instruction changes every input
     matches = sum(r["output"] == r["expected"] for r in demo_part["examples"])
-    assert demo_part["exact_match"] == 100.0 * matches / 5
+    assert demo_part["exact_match"] == 100.0 * matches / 5 and targets["showcase_right"]["measured"] == matches
     assert "| input | prediction | expected |" in printed
-    assert f"Exact match: {demo_part['exact_match']:.0f} %" in printed
+    assert f"Right on {matches} of 5" in printed
     adapter = GeneratedAdapter.from_pretrained(out / "adapter-demo")
     assert DEMO_INSTRUCTION in adapter.instruction
     assert (out / "adapter-demo" / "adapter_config.json").exists()
@@ -123,3 +133,12 @@ def test_stage_two_can_read_the_teacher_from_a_top_k_cache(demo, capsys):
     assert record["top_k"] == 8
     log = json.loads((path / "training_log.json").read_text())
     assert any("loss_kl" in entry for entry in log)
+
+
+def test_the_showcase_is_a_dev_task_the_demo_never_trains_on():
+    tasks = build_synthetic_tasks(0)  # the demo's seed
+    task = {t.name: t for t in tasks["dev"]}[DEMO_TASK]
+    assert DEMO_TASK not in {t.name for t in tasks["train"]}
+    assert task.definition == DEMO_INSTRUCTION
+    assert all(chain_output(task.ops, x) == chain_output(DEMO_OPS, x) != x for x in DEMO_INPUTS)
+    assert all(len(x.split()) >= task.min_words for x in DEMO_INPUTS)

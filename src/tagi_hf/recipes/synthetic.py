@@ -68,6 +68,9 @@ class DemoSettings:
     backbone_steps: int = 2400  # the stand-in does most of the learning; the baseline continues from it
     backbone_learning_rate: float = 2e-3
     baseline_steps: int = 300
+    # In-context FT's peak rate (None: `learning_rate`). From a shipped stand-in, which is already instruction-tuned on
+    # the train tasks, 300 steps at 1e-3 lowered its fit (92.3 -> 79.8 % EM: probe log demo-from-standin.md).
+    baseline_learning_rate: float | None = None
     teacher_steps: int = 600  # optimiser steps of the joint run that trains every task's teacher
     stage1_steps: int = 150
     stage1_learning_rate: float = 1e-4  # at 1e-3 stage 1 diverged (loss 4.9 -> 6.3, gradient norms in the thousands)
@@ -305,6 +308,9 @@ class SyntheticRecipe:
         train_seed = s.seed if seed is None else seed
         name += "" if train_seed == s.seed else f"-seed{train_seed}"
         extra = {} if train_seed == s.seed else {"train_seed": train_seed}  # records of the settings' seed unchanged
+        own_rate = s.baseline_learning_rate is not None
+        if own_rate:  # recorded only when set: earlier stages keep their records
+            extra["baseline_learning_rate"] = s.baseline_learning_rate
         return self._stage(
             self.out / name,
             lambda p: train_multitask_baseline(
@@ -314,11 +320,14 @@ class SyntheticRecipe:
                 p,
                 setting=setting,
                 max_steps=s.baseline_steps,
-                learning_rate=s.learning_rate,
+                learning_rate=s.learning_rate if s.baseline_learning_rate is None else s.baseline_learning_rate,
                 per_device_train_batch_size=s.batch_size,
                 seed=train_seed,
             ),
-            self._record(("baseline_steps", "learning_rate"), setting=setting, **extra),
+            # its own rate when set (stage 2's `learning_rate` then does not concern it)
+            self._record(
+                ("baseline_steps",) if own_rate else ("baseline_steps", "learning_rate"), setting=setting, **extra
+            ),
         )
 
     def teachers(self) -> Path:
@@ -425,6 +434,8 @@ class SyntheticRecipe:
         )
         if seed is not None and seed != self.s.seed:  # recorded only when used: the settings' seed keeps its records
             record["stage2_seed"] = seed
+        if kl > 0 and s.baseline_learning_rate is not None:  # its logit teacher's rate, likewise
+            record["baseline_learning_rate"] = s.baseline_learning_rate
         cached_k = s.teacher_logits_top_k if kl > 0 else 0
         if cached_k:  # recorded only when used, so stages built with the live teacher keep their records
             record["teacher_logits_top_k"] = cached_k
@@ -554,23 +565,49 @@ class SyntheticRecipe:
         return summarise_predictions(records, self.tokenizer, max_new_tokens)
 
 
+DEMO_TARGETS = {"fit_exact_match": 80.0, "fit_drop_other_instruction": 50.0, "showcase_right": 4}
+"""What `tagi-hf demo` aims at (issue 25): TAGI's exact match on unseen instances of train tasks, how much another
+task's instruction lowers it (points), and how many of the showcase's 5 inputs its adapter gets right."""
+COPY_ROW = "copy the input"
+OTHER_INSTRUCTION_ROW = "TAGI, another task's instruction"
+
+
 def run_demo(s: DemoSettings) -> dict:
     """synth -> tokenizer -> stand-in backbone -> baseline (logit teacher) -> LoRA teachers -> stage 1 -> stage 2 ->
-    evaluation on held-out tasks -> an adapter for a new instruction, saved, reloaded and run."""
+    evaluation on held-out tasks and on unseen instances of train tasks (beside copying the input, and TAGI given
+    another task's instruction) -> an adapter for a held-out instruction, saved, reloaded and run -> the targets."""
+    from ..evaluation.fit import copy_input_records, summarise_predictions
+
     start = time.perf_counter()
     recipe = SyntheticRecipe(s)
     methods = {"baseline (instruction in context)": recipe.baseline(), "TAGI": recipe.tagi()}
     results = {name: _headline(recipe.evaluate(path)) for name, path in methods.items()}
+    results[OTHER_INSTRUCTION_ROW] = _headline(recipe.evaluate(methods["TAGI"], instruction_mode="shuffled"))
+    test_rows = load_sni(recipe.data_dir, splits=("test",), max_test_instances_per_task=s.eval_instances_per_task)
+    results[COPY_ROW] = _headline(summarise_predictions(copy_input_records(test_rows["test"]), recipe.tokenizer, 32))
     # Fit first: scores on unseen instances of the train tasks, for every model and for the LoRA teachers.
     fit = {name: recipe.evaluate_fit(path) for name, path in methods.items()}
+    fit[OTHER_INSTRUCTION_ROW] = recipe.evaluate_fit(methods["TAGI"], instruction_mode="shuffled")
     fit["LoRA teachers (own task each)"] = recipe.evaluate_fit(None)
+    fit[COPY_ROW] = summarise_predictions(copy_input_records(recipe.fit_rows()), recipe.tokenizer, 32)
     summary = {"settings": asdict(s), "results": results, "train_tasks_unseen_instances": fit}
     summary["adapter_demo"] = _adapter_demo(methods["TAGI"], recipe.out / "adapter-demo")
+    summary["targets"] = demo_targets(summary)
     summary["stage_seconds"] = recipe.timings  # stages built by this run (a re-run skips finished stages)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["machine"] = _machine()
     atomic_write_text(recipe.out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def demo_targets(summary: dict) -> dict:
+    """Each of [`DEMO_TARGETS`] with its measured value and whether it is met."""
+    fit = summary["train_tasks_unseen_instances"]
+    own = fit["TAGI"]["exact_match"]
+    drop = own - fit[OTHER_INSTRUCTION_ROW]["exact_match"]
+    right = sum(r["output"] == r["expected"] for r in summary["adapter_demo"]["examples"])
+    measured = {"fit_exact_match": own, "fit_drop_other_instruction": drop, "showcase_right": right}
+    return {k: {"target": t, "measured": measured[k], "met": measured[k] >= t} for k, t in DEMO_TARGETS.items()}
 
 
 def _machine() -> dict:
@@ -666,16 +703,21 @@ def _headline(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("rougeL", "exact_match", "exact_match_strict", "n", "ran_to_limit")}
 
 
-DEMO_OPS = (("replace", "cat", "owl"),)
-# `owl` is a held-out word: no train task uses it as a parameter, so only the instruction can name it.
-DEMO_INSTRUCTION = "In this task you are given a list of words separated by spaces. Replace every cat with owl."
-# Each input holds a cat, so the instruction changes every one of them (an unchanged input would be scored right by a
-# model that copies its input).
-DEMO_INPUTS = ("cat dog sun", "apple cat boat cat", "bird moon cat", "fish cat cup", "cat cat kite drum rose")
+DEMO_TASK = "synth_upper_then_drop_first_1"
+# A dev task of the suite (seed 0): never trained on, so only the instruction tells the generator what to do. Chosen on
+# the dev split (the best dev task of the probe models p1 and p3 in benchmarks/results/probes/demo-from-standin.md),
+# never on test; its inputs below were written before any model saw them.
+DEMO_OPS = (("upper",), ("drop_first", 1))
+DEMO_INSTRUCTION = (
+    "In this task you are given a list of words separated by spaces. Write every word in capital letters. Then "
+    "remove the first 1 words."
+)
+# The instruction changes every input (an unchanged input would be scored right by a model that copies its input).
+DEMO_INPUTS = ("cat dog sun", "apple moon boat fish", "bird cup tree", "key star map rain ship", "hat lion cake")
 
 
 def _adapter_demo(model_dir: Path, adapter_dir: Path) -> dict:
-    """Generates an adapter for an instruction outside the train split (a held-out parameter word), saves it,
+    """Generates an adapter for an instruction outside the train split (the dev task [`DEMO_TASK`]), saves it,
     reloads it and runs it on 5 inputs; records each prediction beside its expected output, and the exact match."""
     from ..data.prompts import format_instruction, format_student_input
     from ..data.synthetic import chain_output
@@ -716,12 +758,25 @@ def format_demo_table(summary: dict) -> str:
     demo = summary["adapter_demo"]
     lines += [
         "",
-        f"Generated adapter for an unseen instruction (a held-out word): {demo['instruction']}",
+        f"Generated adapter for a held-out instruction (a dev task, never trained on): {demo['instruction']}",
         "| input | prediction | expected |",
         "|---|---|---|",
     ]
     lines += [f"| {r['input']} | {r['output']} | {r['expected']} |" for r in demo["examples"]]
-    lines += [f"Exact match: {demo['exact_match']:.0f} % of {len(demo['examples'])}."]
+    right = sum(r["output"] == r["expected"] for r in demo["examples"])
+    lines += [f"Right on {right} of {len(demo['examples'])} (copying the input: 0: the instruction changes each)."]
+    targets = summary.get("targets", {})
+    if targets:
+        names = {
+            "fit_exact_match": "TAGI, EM on unseen instances of train tasks",
+            "fit_drop_other_instruction": "drop of that EM with another task's instruction (points)",
+            "showcase_right": "showcase inputs right (of 5)",
+        }
+        lines += ["", "Targets", "| target | measured | met |", "|---|---|---|"]
+        lines += [
+            f"| {names.get(k, k)} >= {t['target']:g} | {t['measured']:.1f} | {'yes' if t['met'] else 'no'} |"
+            for k, t in targets.items()
+        ]
     if "seconds" in summary:
         machine = summary["machine"]
         lines += [
