@@ -7,9 +7,8 @@ import json
 import pytest
 
 from tagi_hf.cli.main import main
-from tagi_hf.data.synthetic import OPERATIONS
+from tagi_hf.data.synthetic import OPERATIONS, build_synthetic_tasks, chain_output
 from tagi_hf.modeling.adapter import GeneratedAdapter
-from tagi_hf.data.synthetic import build_synthetic_tasks, chain_output
 from tagi_hf.recipes.synthetic import DEMO_INPUTS, DEMO_INSTRUCTION, DEMO_OPS, DEMO_TARGETS, DEMO_TASK
 
 TINY = {"--instances-per-task": 2, "--eval-instances-per-task": 1, "--vocab-size": 300, "--d-model": 16,
