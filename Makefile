@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check src tests examples benchmarks
 
 demo: $(STAMP)
-	$(VENV)/bin/tagi-hf demo --out runs/demo
+	$(VENV)/bin/tagi-hf demo --standin model_cards/tagi-synthetic-standin --out runs/demo
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/run_all.py

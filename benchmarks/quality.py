@@ -85,6 +85,7 @@ BENCHMARK_SETTINGS: dict = dict(
     backbone_steps=12000,
     backbone_learning_rate=1e-3,  # 2e-3 stayed on the ~20 % plateau for 9,000 steps, 1e-3 left it by 3,000 (probe log)
     baseline_steps=1500,
+    baseline_learning_rate=None,  # in-context FT at the stage-2 rate (the demo's own default differs)
     teacher_steps=27000,  # 16 teachers x 4 examples per batch: ~1,500 steps and ~6,000 examples per teacher (probe t5)
     teacher_learning_rate=2e-3,  # 5e-3 broke long runs (t4), 2e-3 fit best (t5)
     stage1_steps=300,
