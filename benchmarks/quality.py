@@ -70,7 +70,7 @@ from tagi_hf.data.synthetic import HELD_OUT_WORDS
 from tagi_hf.evaluation.fit import scores_by_operation
 from tagi_hf.evaluation.metrics import compute_metrics
 from tagi_hf.modeling.file_utils import atomic_write_text
-from tagi_hf.recipes.synthetic import SUITE_VERSION, DemoSettings, SyntheticRecipe, _machine
+from tagi_hf.recipes.synthetic import STAGE_COST, SUITE_VERSION, DemoSettings, SyntheticRecipe, _machine
 
 SETTINGS = ("def", "def+2pos")
 # The benchmark's scale (DemoSettings fields; the demo keeps its own smaller defaults). Chosen by the probes logged in
@@ -240,6 +240,7 @@ def run(
     variants = {n: kw for n, kw in variants.items() if kw.get("generator", {}) != recipe.generator()}  # no duplicate
     if methods is not None:  # a partial comparison (e.g. a setting whose ablations the budget did not reach)
         variants = {n: kw for n, kw in variants.items() if n == "TAGI" or model_slug(n) in methods}
+    used = {"backbone", "teachers"}  # + the stage-1 models and the models scored, below
     fit_copy = copy_scores(recipe.fit_rows())
     fit_copy.pop("by_kind")
     for setting in prompt_settings:
@@ -268,6 +269,13 @@ def run(
                 for seed in seeds[1:]
             }
             models[name] = (path, "own", extra)  # fmt: skip
+        for path, _, extra in models.values():
+            used |= {p.name for p in (path, *extra.values()) if p is not None}
+        used |= {
+            recipe.stage1_name(kw.get("fusion"), kw.get("generator"))
+            for kw in variants.values()
+            if kw.get("stage1", True)
+        }
         for name, (path, mode, extra) in models.items():
             test = score_test(name, path, setting=setting, instruction_mode=mode)
             if path is None:
@@ -316,6 +324,7 @@ def run(
         "selection rows the probes choose settings on",
     }
     results["meta"]["stage_seconds"] = recipe.timings  # stages trained by this invocation (others were cached)
+    results["meta"]["stage_costs"] = stage_costs(recipe.out, used)  # every stage behind the scores, whoever built it
     results["meta"]["prompt_settings"] = list(prompt_settings)
     results["meta"]["stage2_lr_grid"] = list(lr_grid)
     results["meta"]["methods"] = "all" if methods is None else ["tagi", *methods]
@@ -324,6 +333,18 @@ def run(
     )
     atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
     return results
+
+
+def stage_costs(out: Path, names: set[str]) -> dict:
+    """`{stage: {"seconds", "finished"}}` from the `stage_cost.json` of each stage folder `out/name` that has one: what
+    each model behind the scores cost when it was built (by this run or an earlier one)."""
+    costs = {}
+    for name in sorted(names):
+        cost_file = out / name / STAGE_COST
+        if cost_file.exists():
+            cost = json.loads(cost_file.read_text())
+            costs[name] = {"seconds": cost["seconds"], "finished": cost["finished"]}
+    return costs
 
 
 def _meta(settings: DemoSettings, seconds: float, quick: bool = False) -> dict:

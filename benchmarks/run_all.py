@@ -291,11 +291,19 @@ def quality_targets(q: dict) -> list[tuple[str, bool, str]]:
 
 
 def stage_costs(meta: dict) -> str:
-    """One line: the wall time of every stage the run trained (cached stages are not listed)."""
+    """One line: the wall time of every stage the run trained (cached stages are not listed), and of every stage
+    behind its scores where the results record them (`stage_costs`: each stage's own `stage_cost.json`)."""
     stages = meta.get("stage_seconds") or {}
-    if not stages:
-        return "No stage was trained by this run (all reused)."
-    return "Stage wall times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "."
+    line = "Stage wall times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "."
+    line = line if stages else "No stage was trained by this run (all reused)."
+    built = meta.get("stage_costs") or {}
+    if built:
+        line += (
+            " Every stage behind these scores, as built (`stage_cost.json`: minutes, finished): "
+            + ", ".join(f"{k} {c['seconds'] / 60:.1f} ({c['finished']})" for k, c in built.items())
+            + "."
+        )
+    return line
 
 
 def headline_section(h: dict, full: bool = True) -> list[str]:

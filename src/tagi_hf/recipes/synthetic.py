@@ -361,10 +361,15 @@ class SyntheticRecipe:
         """The settings' generator as TagiConfig fields."""
         return {"instruction_encoder": self.s.instruction_encoder, "instruction_pooling": self.s.instruction_pooling}
 
+    def stage1_name(self, fusion: str | None = None, generator: dict | None = None) -> str:
+        """The folder name of the stage-1 model for `fusion` and `generator` (defaults: the settings')."""
+        fusion, generator = fusion or self.s.fusion, self.generator() if generator is None else generator
+        name = "tagi-stage1" if fusion == self.s.fusion else f"tagi-stage1-{fusion}"
+        return name + ("" if generator == self.generator() else "-" + "-".join(generator.values()))
+
     def stage1(self, fusion: str, generator: dict | None = None) -> Path:
         s, generator = self.s, self.generator() if generator is None else generator
-        name = "tagi-stage1" if fusion == s.fusion else f"tagi-stage1-{fusion}"
-        name += "" if generator == self.generator() else "-" + "-".join(generator.values())
+        name = self.stage1_name(fusion, generator)
         record = self._record(
             ("stage1_steps", "stage1_learning_rate", "lora_rank", "corpus_instance_fraction"),
             fusion=fusion,
