@@ -230,6 +230,7 @@ def run(
     grid_only: tuple[str, ...] | None = None,
     methods: tuple[str, ...] | None = None,
     seeds: tuple[int, ...] | None = None,
+    primary_seed_only: tuple[str, ...] = (),
 ) -> dict:
     recipe = SyntheticRecipe(settings)
     seeds = tuple(dict.fromkeys((settings.seed, *(seeds or ()))))  # the settings' seed first: its models are primary
@@ -258,6 +259,7 @@ def run(
             path, chosen = train_with_lr_grid(recipe, slug, suffix, setting, kwargs, grid)
             results.setdefault("stage2_learning_rate", {}).setdefault(name, {})[setting] = chosen
             tag = "" if chosen["chosen"] == settings.learning_rate else f"-lr{chosen['chosen']:g}"
+            extra_seeds = () if slug in primary_seed_only else seeds[1:]
             extra = {
                 seed: recipe.tagi(
                     f"{slug}{tag}{suffix}-seed{seed}",
@@ -266,7 +268,7 @@ def run(
                     seed=seed,
                     **kwargs,
                 )
-                for seed in seeds[1:]
+                for seed in extra_seeds
             }
             models[name] = (path, "own", extra)  # fmt: skip
         for path, _, extra in models.values():
@@ -316,6 +318,7 @@ def run(
     results["meta"]["headline"] = headline
     results["meta"]["suite"] = SUITE_VERSION
     results["meta"]["seeds"] = list(seeds)
+    results["meta"]["primary_seed_only"] = list(primary_seed_only)  # methods trained with the first seed alone
     results["meta"]["test_scorings"] = str(score_test.log)
     results["meta"]["fit_rows"] = {
         "tasks": settings.fit_tasks,
@@ -405,6 +408,11 @@ def main() -> None:
         "--seeds", nargs="+", type=int, default=None,
         help="Stage-2 (and multi-task FT) training seeds; the settings' seed is always the first (default: it alone).",
     )  # fmt: skip
+    parser.add_argument(
+        "--primary-seed-only", nargs="+", default=[], metavar="SLUG",
+        help="Hypernetwork methods (folder names) trained and scored with the first seed alone, when the budget "
+        "allows no more (recorded; their rows show one seed).",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.headline:
         args.settings, args.stage2_lr_grid = ["def"], [DemoSettings.learning_rate]
@@ -427,14 +435,16 @@ def main() -> None:
         overrides[key] = type(default)(value) if not isinstance(default, bool) else value.lower() == "true"
     settings = dataclasses.replace(settings, **overrides)
     slugs = {"tagi" if n == "TAGI" else model_slug(n) for n in VARIANTS}
-    for flag, given in (("--grid-only", args.grid_only), ("--methods", args.methods)):
+    for flag, given in (("--grid-only", args.grid_only), ("--methods", args.methods),
+                        ("--primary-seed-only", args.primary_seed_only)):  # fmt: skip
         unknown = sorted(set(given or ()) - slugs)
         if unknown:
             raise ValueError(f"`{flag}`: unknown method folder(s) {unknown}; known: {sorted(slugs)}.")
     grid_only = tuple(args.grid_only) if args.grid_only else None
     methods = tuple(args.methods) if args.methods else None
     results = run(settings, Path(args.results), args.quick, tuple(args.settings), tuple(args.stage2_lr_grid),
-                  args.headline, grid_only, methods, tuple(args.seeds or ()))  # fmt: skip
+                  args.headline, grid_only, methods, tuple(args.seeds or ()),
+                  tuple(args.primary_seed_only))  # fmt: skip
     if args.merge_into:
         merge_results(Path(args.merge_into), results, args.results)
 
