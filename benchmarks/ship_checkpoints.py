@@ -157,6 +157,29 @@ def ship_standin(settings: DemoSettings, target: Path | None = None) -> Path:
     return target
 
 
+QUICKSTART = f"""from transformers import AutoTokenizer
+
+from tagi_hf import GeneratedAdapter, TagiModel
+from tagi_hf.data import format_instruction, format_student_input
+
+model = TagiModel.from_pretrained("model_cards/{TAGI}")  # shipped: the benchmark's TAGI model
+tokenizer = AutoTokenizer.from_pretrained("model_cards/{TAGI}")
+# A held-out task (a dev task of the suite): no train task does it, only the instruction says what to do.
+instruction = format_instruction(
+    "In this task you are given a list of words separated by spaces. Write every word in capital letters. "
+    "Then remove the first 1 words."
+)
+adapter = model.generate_adapter(instruction, tokenizer=tokenizer)  # one encoder pass over the instruction
+adapter.save_pretrained("caps-adapter")  # a standard PEFT LoRA directory (+ fusion states)
+adapter = GeneratedAdapter.from_pretrained("caps-adapter")
+
+inputs = ["pig cat apple", "star moon hill boat"]  # the inputs alone, no instruction
+batch = tokenizer([format_student_input(x) for x in inputs], padding=True, return_tensors="pt")
+ids = model.generate(**batch, adapter=adapter, max_new_tokens=16)
+print(tokenizer.batch_decode(ids, skip_special_tokens=True))
+"""
+"""The card's usage example: the README's quickstart (tests/test_quickstart.py runs that one)."""
+
 TAGI_STAGES = ("backbone", "baseline", "teachers", "tagi-stage1", "tagi")
 """The stages behind the benchmark's TAGI model ("Def"), in the order the recipe builds them."""
 
@@ -330,16 +353,11 @@ def tagi_card(meta: dict) -> str:
         f"suite (`docs/synthetic-suite.md`, revision {meta['suite']}, seed {meta['settings']['seed']}).",
         "",
         "```python",
-        "from transformers import AutoTokenizer",
-        "import tagi_hf",
-        "",
-        f'model = tagi_hf.TagiModel.from_pretrained("model_cards/{TAGI}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("model_cards/{TAGI}")',
-        'adapter = model.generate_adapter("In this task you are given a list of words separated by spaces. '
-        'Reverse the order of the words.", tokenizer)',
-        'ids = model.generate(**tokenizer(["Input: cat dog fish.\\nOutput: "], return_tensors="pt"), adapter=adapter)',
-        "print(tokenizer.batch_decode(ids, skip_special_tokens=True))",
+        *QUICKSTART.splitlines(),
         "```",
+        "",
+        "prints `['CAT APPLE', 'MOON HILL BOAT']` (a dev task: never trained on; tagi-hf's README quickstart, run by "
+        "its tests).",
         "",
         "`AutoModelForSeq2SeqLM.from_pretrained` loads it too once `tagi_hf` is imported. Instructions are worded as "
         "the suite's definitions are; the model knows only the suite's words and operations.",

@@ -41,6 +41,10 @@ def test_a_shipped_checkpoint_loads_generates_an_adapter_and_scores_as_its_card_
     check_shipped(folder)
 
 
+def test_the_benchmark_s_tagi_model_ships():
+    assert CARDS / "tagi-synthetic-def" in SHIPPED
+
+
 def _ship_module():
     import sys
 
