@@ -398,7 +398,8 @@ def tagi_card(meta: dict) -> str:
     if test:
         lines += [
             f"Test split (held-out tasks), quoted from `{test['results']}` (the headline check, commit "
-            f"`{test['commit'][:10]}`, finished {test['finished']}; scored once there, not here):",
+            f"`{test['commit'][:10]}`, finished {test['finished']}; scored once there, not here). Each row is the "
+            "first seed's model (for TAGI: this one); the mean over seeds is in tagi-hf's README:",
             "",
             "| model | EM | ROUGE-L | n |",
             "|---|---:|---:|---:|",
