@@ -125,6 +125,16 @@ def _sample(fit_rows: list[dict]) -> dict:
     return {"max_new_tokens": MAX_NEW_TOKENS, "setting": "def", "rows": [dict(r) for r in fit_rows[:SAMPLE_ROWS]]}
 
 
+def _write_folder(target: Path, model, tokenizer, meta: dict, card: str) -> Path:
+    """Writes a shipped folder atomically: weights, tokenizer, `shipped.json` (`meta`) and the model card."""
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "shipped.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "README.md").write_text(card)
+    return target
+
+
 def ship_standin(settings: DemoSettings, target: Path | None = None) -> Path:
     """Builds (or reuses) the stand-in stage of `settings` and writes its shipped folder to `target` (default:
     `model_cards/tagi-synthetic-standin`)."""
@@ -137,24 +147,19 @@ def ship_standin(settings: DemoSettings, target: Path | None = None) -> Path:
     dtype, reason, scores = _choose_dtype(load, tokenizer, fit_rows, dev_rows, modes=STANDIN_ROWS, kind="t5")
     target = Path(target or ROOT / "model_cards" / STANDIN)
     model = load(getattr(torch, dtype))
-    with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {
-            "command": "python benchmarks/ship_checkpoints.py standin",
-            "kind": "t5",
-            "commit": _commit(),
-            **standin_provenance(settings),
-            "cost": cost,
-            "dtype": dtype,
-            "dtype_reason": reason,
-            "scores": scores,
-            "sample": _sample(fit_rows),
-            "parameters": model.num_parameters(),
-        }
-        (tmp / "shipped.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "README.md").write_text(standin_card(meta))
-    return target
+    meta = {
+        "command": "python benchmarks/ship_checkpoints.py standin",
+        "kind": "t5",
+        "commit": _commit(),
+        **standin_provenance(settings),
+        "cost": cost,
+        "dtype": dtype,
+        "dtype_reason": reason,
+        "scores": scores,
+        "sample": _sample(fit_rows),
+        "parameters": model.num_parameters(),
+    }
+    return _write_folder(target, model, tokenizer, meta, standin_card(meta))
 
 
 QUICKSTART = f"""from transformers import AutoTokenizer
@@ -202,26 +207,21 @@ def ship_tagi(settings: DemoSettings, target: Path | None = None, results: Path 
     test = _headline_test_scores(results, stage) if results is not None else None
     target = Path(target or ROOT / "model_cards" / TAGI)
     model = load(getattr(torch, dtype))
-    with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {
-            "command": "python benchmarks/ship_checkpoints.py tagi",
-            "kind": "tagi",
-            "commit": _commit(),
-            **standin_provenance(settings),
-            "recipe": {k: getattr(recipe.s, k) for k in TAGI_RECIPE_FIELDS},
-            "cost": {"stages": costs, "seconds": sum(c["seconds"] for c in costs.values())},
-            "dtype": dtype,
-            "dtype_reason": reason,
-            "scores": scores,
-            "test": test,
-            "sample": _sample(fit_rows),
-            "parameters": model.num_parameters(),
-        }
-        (tmp / "shipped.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "README.md").write_text(tagi_card(meta))
-    return target
+    meta = {
+        "command": "python benchmarks/ship_checkpoints.py tagi",
+        "kind": "tagi",
+        "commit": _commit(),
+        **standin_provenance(settings),
+        "recipe": {k: getattr(recipe.s, k) for k in TAGI_RECIPE_FIELDS},
+        "cost": {"stages": costs, "seconds": sum(c["seconds"] for c in costs.values())},
+        "dtype": dtype,
+        "dtype_reason": reason,
+        "scores": scores,
+        "test": test,
+        "sample": _sample(fit_rows),
+        "parameters": model.num_parameters(),
+    }
+    return _write_folder(target, model, tokenizer, meta, tagi_card(meta))
 
 
 TAGI_RECIPE_FIELDS = (
