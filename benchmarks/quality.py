@@ -42,8 +42,8 @@ The fit rows reported here are disjoint from the selection rows that the probes 
 
 What it costs: each results file's header gives its run's wall time, date and machine (`meta`), and every stage it
 trained (`meta.stage_seconds`; each stage folder's `stage_cost.json`). Stages already under `--out` are reused, so
-that is not the cost from a fresh clone: the README ("What the benchmark costs from a fresh clone") sums the
-per-stage logs into an estimate for `--headline` and for `make benchmark`; neither was measured as one run.
+the run's own time is not the cost from a fresh clone: `meta.stage_costs` lists every stage behind the scores as
+it was built (its `stage_cost.json`, whoever built it), which the README ("What the headline check costs") tables.
 
 Everything trains under `--out` (default `runs/benchmark/`; the full TAGI model of the "Def" setting ends up in
 `runs/benchmark/tagi/`, loadable by `tagi-hf evaluate`). Re-running reuses finished stages.
@@ -65,7 +65,6 @@ from pathlib import Path
 
 import torch
 
-from tagi_hf.data import load_sni
 from tagi_hf.data.synthetic import HELD_OUT_WORDS
 from tagi_hf.evaluation.fit import scores_by_operation
 from tagi_hf.evaluation.metrics import compute_metrics
@@ -197,10 +196,7 @@ class LoggedTestScorer:
     def __call__(self, name: str, path: Path | None, *, setting: str, instruction_mode: str = "own") -> dict:
         s = self.recipe.s
         if path is None:  # copying the input
-            rows = load_sni(
-                self.recipe.data_dir, splits=("test",), max_test_instances_per_task=s.eval_instances_per_task
-            )
-            result = copy_scores(rows["test"])
+            result = copy_scores(self.recipe.heldout_rows("test"))
         else:
             result = summarise(self.recipe.evaluate(path, setting=setting, instruction_mode=instruction_mode))
         log_test_scoring(self.log, {
@@ -282,10 +278,7 @@ def run(
             test = score_test(name, path, setting=setting, instruction_mode=mode)
             if path is None:
                 fit = fit_copy
-                rows = load_sni(
-                    recipe.data_dir, splits=("dev",), max_test_instances_per_task=settings.eval_instances_per_task
-                )
-                dev = copy_scores(rows["dev"])
+                dev = copy_scores(recipe.heldout_rows("dev"))
             else:
                 fit = recipe.evaluate_fit(path, setting=setting, instruction_mode=mode)
                 dev = summarise(recipe.evaluate(path, setting=setting, split="dev", instruction_mode=mode))

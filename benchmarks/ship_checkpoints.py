@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality import BENCHMARK_SETTINGS, copy_scores  # noqa: E402
 
 from tagi_hf import TagiModel  # noqa: E402
-from tagi_hf.data import load_sni  # noqa: E402
 from tagi_hf.evaluation.fit import summarise_predictions  # noqa: E402
 from tagi_hf.evaluation.runner import predict  # noqa: E402
 from tagi_hf.modeling.file_utils import atomic_directory  # noqa: E402
@@ -99,8 +98,7 @@ def _stage_cost(stage: Path) -> dict:
 
 def _rows(recipe: SyntheticRecipe) -> tuple[list[dict], list[dict]]:
     """The fit rows and the dev rows (never the test split)."""
-    dev = load_sni(recipe.data_dir, splits=("dev",), max_test_instances_per_task=recipe.s.eval_instances_per_task)
-    return list(recipe.fit_rows()), list(dev["dev"])
+    return list(recipe.fit_rows()), recipe.heldout_rows("dev")
 
 
 def _choose_dtype(load, tokenizer, fit_rows, dev_rows, *, modes: dict, kind: str) -> tuple[str, str, dict]:

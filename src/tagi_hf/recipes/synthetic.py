@@ -321,7 +321,7 @@ class SyntheticRecipe:
                 p,
                 setting=setting,
                 max_steps=s.baseline_steps,
-                learning_rate=s.learning_rate if s.baseline_learning_rate is None else s.baseline_learning_rate,
+                learning_rate=s.baseline_learning_rate if own_rate else s.learning_rate,
                 per_device_train_batch_size=s.batch_size,
                 seed=train_seed,
             ),
@@ -511,6 +511,11 @@ class SyntheticRecipe:
         texts = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
         return metrics | {"ran_to_limit": count_ran_to_limit(texts, self.tokenizer, max_new_tokens)}
 
+    def heldout_rows(self, split: str = "test") -> list[dict]:
+        """The rows of a held-out split ("test" or "dev") that [`evaluate`] scores: `eval_instances_per_task` each."""
+        rows = load_sni(self.data_dir, splits=(split,), max_test_instances_per_task=self.s.eval_instances_per_task)
+        return list(rows[split])
+
     def fit_rows(self, sample: str = "fit") -> list[dict]:
         """Unseen instances of train tasks, `eval_instances_per_task` of each of `fit_tasks` seeded tasks.
 
@@ -589,13 +594,13 @@ def run_demo(s: DemoSettings) -> dict:
     methods = {"baseline (instruction in context)": recipe.baseline(), "TAGI": recipe.tagi()}
     results = {name: _headline(recipe.evaluate(path)) for name, path in methods.items()}
     results[OTHER_INSTRUCTION_ROW] = _headline(recipe.evaluate(methods["TAGI"], instruction_mode="shuffled"))
-    test_rows = load_sni(recipe.data_dir, splits=("test",), max_test_instances_per_task=s.eval_instances_per_task)
-    results[COPY_ROW] = _headline(summarise_predictions(copy_input_records(test_rows["test"]), recipe.tokenizer, 32))
+    copying = lambda rows: summarise_predictions(copy_input_records(rows), recipe.tokenizer, 32)  # noqa: E731
+    results[COPY_ROW] = _headline(copying(recipe.heldout_rows()))
     # Fit first: scores on unseen instances of the train tasks, for every model and for the LoRA teachers.
     fit = {name: recipe.evaluate_fit(path) for name, path in methods.items()}
     fit[OTHER_INSTRUCTION_ROW] = recipe.evaluate_fit(methods["TAGI"], instruction_mode="shuffled")
     fit["LoRA teachers (own task each)"] = recipe.evaluate_fit(None)
-    fit[COPY_ROW] = summarise_predictions(copy_input_records(recipe.fit_rows()), recipe.tokenizer, 32)
+    fit[COPY_ROW] = copying(recipe.fit_rows())
     summary = {"settings": asdict(s), "results": results, "train_tasks_unseen_instances": fit}
     summary["adapter_demo"] = _adapter_demo(methods["TAGI"], recipe.out / "adapter-demo")
     summary["targets"] = demo_targets(summary)
